@@ -1,0 +1,50 @@
+"""Configuration of the prompt data (the `data:` section of a run YAML)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["charclass", "jsonl"] = Field(
+        "charclass",
+        description="'charclass': the offline synthetic task (data.synthetic), generated in memory; "
+        "'jsonl': a folder of <split>.jsonl files in the seed's {id, problem, solution} format.",
+    )
+    path: str | None = Field(
+        None,
+        description="Folder holding train.jsonl / validation.jsonl (/ test.jsonl); source 'jsonl' only.",
+    )
+    train_split: str = Field("train", description="Split trained on.")
+    eval_split: str | None = Field(
+        "validation", description="Split for periodic eval; null disables eval."
+    )
+    answer_choices: list[str] | None = Field(
+        None,
+        description="If set, every row's `solution` must be one of these (e.g. [A, B, C, D] for MedMCQA); "
+        "a row that is not fails loading with its file and line.",
+    )
+    system_prompt: str | None = Field(
+        None,
+        description="Optional system message. The seed puts its instructions in `problem` itself.",
+    )
+    num_train_examples: int | None = Field(
+        None, ge=1, description="Use only the first N training rows (charclass: rows generated)."
+    )
+    max_eval_examples: int | None = Field(64, ge=1, description="Cap on eval rows per eval round.")
+    shuffle: bool = Field(
+        True, description="Shuffle training rows each epoch (seeded by trainer.seed)."
+    )
+    seed: int = Field(0, description="Seed of the charclass generator.")
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataConfig:
+        if self.source == "jsonl" and not self.path:
+            raise ValueError(
+                "data.path is required when data.source is 'jsonl' (a folder with train.jsonl)"
+            )
+        return self

@@ -1,0 +1,81 @@
+"""Configuration of the sampler service (the `sampler:` section of a run YAML, and `python -m sampler`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SamplerLimits(BaseModel):
+    """Per-request bounds; a request over a bound gets a 4xx that names it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_n: int = Field(
+        64, ge=1, description="Largest `n` (completions per prompt) one request may ask for."
+    )
+    max_tokens: int = Field(8192, ge=1, description="Largest `max_tokens` one request may ask for.")
+    max_prompts_per_request: int = Field(
+        512, ge=1, description="Largest batch of prompts on the grouped route."
+    )
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="Largest prompt in tokens; default: the model's context length."
+    )
+    max_body_bytes: int = Field(16 << 20, ge=1024, description="Largest request body in bytes.")
+
+
+class SamplerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(
+        1, ge=1, description="Sampler replicas (each one vLLM engine behind its own HTTP server)."
+    )
+    host: str = Field(
+        "127.0.0.1", description="Bind address. Anything but loopback requires api_key."
+    )
+    port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="First replica's port (replica i uses port+i); 0 picks free ports.",
+    )
+    api_key: str | None = Field(
+        None, description="Bearer token for generation routes; null disables auth (loopback only)."
+    )
+    admin_key: str | None = Field(
+        None,
+        description="Bearer token for admin (weight update) routes; generated per run if null.",
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs per replica (vLLM tensor parallelism)."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="vLLM model dtype."
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="Context length vLLM serves; default: the model's."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vLLM's GPU memory fraction (GPU only)."
+    )
+    kv_cache_memory_bytes: int | None = Field(
+        None,
+        ge=1 << 20,
+        description="KV cache size in bytes; on CPU defaults to 256 MiB (else vLLM takes 92% of RAM).",
+    )
+    max_num_seqs: int = Field(256, ge=1, description="vLLM's max concurrent sequences per replica.")
+    enforce_eager: bool = Field(
+        False, description="Disable CUDA graphs / torch.compile (forced on CPU)."
+    )
+    enable_prefix_caching: bool = Field(
+        True, description="vLLM prefix caching (reset on every weight update)."
+    )
+    seed: int = Field(0, description="Engine seed.")
+    limits: SamplerLimits = Field(default_factory=SamplerLimits)
+    startup_timeout_s: float = Field(
+        600, gt=0, description="How long to wait for a replica to become healthy."
+    )
+    request_timeout_s: float = Field(
+        600, gt=0, description="Client-side timeout of one grouped request."
+    )

@@ -1,0 +1,95 @@
+"""Run configuration: every shipped YAML loads; seed-style configs carry over; bad keys fail clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainer.config import ConfigError, load_config, parse_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+def test_configs_exist():
+    assert {p.name for p in CONFIGS} >= {
+        "local.yaml",
+        "medmcqa_tiny.yaml",
+        "medmcqa_seed_style.yaml",
+    }
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.completions_per_step % cfg.trainer.num_generations == 0
+    assert cfg.trainer.reward_funcs
+
+
+def test_seed_style_flat_keys_carry_over():
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "medmcqa_seed_style.yaml")
+    t = cfg.trainer
+    assert (t.learning_rate, t.num_generations, t.max_completion_length) == (3e-6, 2, 5000)
+    assert t.reward_funcs == ["accuracy", "format"] and t.reward_weights == [0.8, 0.2]
+    assert t.lr_scheduler_type == "cosine" and t.warmup_ratio == 0.1 and t.bf16
+    assert cfg.model.torch_dtype == "bfloat16"  # moved from the flat trainer keys
+
+
+def test_trl_names_and_defaults():
+    t = parse_config({}).trainer
+    assert t.loss_type == "dapo" and t.scale_rewards == "group" and t.beta == 0.0
+    assert t.epsilon_upper == t.epsilon == 0.2
+    assert parse_config({"trainer": {"scale_rewards": False}}).trainer.scale_rewards == "none"
+    t = parse_config({"trainer": {"vllm_importance_sampling_cap": 2.5}}).trainer
+    assert t.vllm_importance_sampling_clip_max == 2.5
+
+
+def test_unknown_key_names_key_and_suggests_fix():
+    with pytest.raises(ConfigError) as e:
+        parse_config({"trainer": {"learning_rat": 1e-5}}, "x.yaml")
+    msg = str(e.value)
+    assert "x.yaml" in msg and "trainer.learning_rat" in msg and "learning_rate" in msg
+
+
+def test_unknown_section_key():
+    with pytest.raises(ConfigError, match=r"sampler\.replica"):
+        parse_config({"sampler": {"replica": 2}})
+
+
+def test_num_generations_must_divide_batch():
+    with pytest.raises(ConfigError, match="num_generations=3 must divide"):
+        parse_config({"trainer": {"num_generations": 3, "per_device_train_batch_size": 8}})
+
+
+def test_unknown_loss_type_names_setting():
+    with pytest.raises(ConfigError, match=r"trainer\.loss_type"):
+        parse_config({"trainer": {"loss_type": "ppo"}})
+
+
+def test_reward_weights_length_mismatch():
+    with pytest.raises(ConfigError, match="one weight per reward"):
+        parse_config({"trainer": {"reward_funcs": ["accuracy", "format"], "reward_weights": [1.0]}})
+
+
+def test_colocate_mode_is_refused_with_fix():
+    with pytest.raises(ConfigError, match="Remove the key"):
+        parse_config({"vllm_mode": "colocate", "learning_rate": 1e-6})
+
+
+def test_jsonl_source_needs_path():
+    with pytest.raises(ConfigError, match="data.path is required"):
+        parse_config({"data": {"source": "jsonl"}})
+
+
+def test_overrides_and_bad_yaml(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"trainer": {"max_steps": 3}}))
+    assert (
+        load_config(p, {"trainer.max_steps": 7, "pipeline.max_staleness": 0}).trainer.max_steps == 7
+    )
+    p.write_text("trainer: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")

@@ -1,0 +1,423 @@
+"""The run configuration: one YAML, one pydantic model per component.
+
+Owns: `RunConfig` (the whole YAML), the trainer section `GRPOSettings` (TRL `GRPOConfig` field
+names, so a seed-style `grpo_trainer_config.yaml` carries over), the pipeline, model and MLflow
+sections, and `load_config` (clear errors naming the key and the fix).
+Does not know: how components use their sections.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from data.config import DataConfig
+from rewards.config import RewardPoolConfig
+from sampler.config import SamplerConfig
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A configuration is unusable; the message names the key and how to fix it."""
+
+
+# TRL/transformers TrainingArguments keys that are meaningless in this service. They are accepted
+# so seed-style configs load, and reported once (never silently): each value says why.
+IGNORED_TRL_KEYS: dict[str, str] = {
+    "use_vllm": "generation always runs on the vLLM sampler service",
+    "report_to": "metrics always go to MLflow (AML's tracking inside a job)",
+    "log_level": "use the LOGLEVEL environment variable",
+    "logging_strategy": "logging is per `logging_steps`",
+    "logging_first_step": "step 1 is always logged",
+    "save_strategy": "checkpoints follow `save_steps`",
+    "eval_strategy": "eval follows `eval_steps`",
+    "do_eval": "eval runs when `eval_steps` is set and data.eval_split exists",
+    "overwrite_output_dir": "use `--resume` to continue a run; a fresh run never deletes checkpoints",
+    "push_to_hub": "no hub here; the final model is an MLflow model",
+    "hub_model_id": "no hub here",
+    "hub_strategy": "no hub here",
+    "hub_private_repo": "no hub here",
+    "model_revision": "models are loaded from a local folder or AML input",
+    "dataset_config": "datasets are configured in the data section",
+    "per_device_eval_batch_size": "eval requests go to the sampler in one grouped call",
+    "vllm_gpu_memory_utilization": "set sampler.gpu_memory_utilization",
+    "vllm_tensor_parallel_size": "set sampler.tensor_parallel_size",
+    "ddp_timeout": "process groups use pipeline.dist_timeout_s",
+}
+# Keys TRL's ModelConfig owns but seed-style configs put at top level: moved to the model section.
+MODEL_KEYS_IN_TRAINER = (
+    "torch_dtype",
+    "attn_implementation",
+    "use_peft",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+)
+
+
+class GRPOSettings(BaseModel):
+    """The trainer section. Names and defaults follow TRL 1.16's `GRPOConfig`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_dir: str = Field(
+        "outputs/run", description="Checkpoints, final model, local MLflow store."
+    )
+    run_name: str | None = Field(None, description="MLflow run name.")
+    seed: int = Field(42, description="Seed for init, data order and sampling.")
+    # optimisation
+    learning_rate: float = Field(1e-6, gt=0)
+    lr_scheduler_type: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    warmup_steps: int = Field(0, ge=0, description="Overrides warmup_ratio when > 0.")
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping; 0 disables.")
+    per_device_train_batch_size: int = Field(
+        8, ge=1, description="Completions per trainer process per micro-step."
+    )
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_steps: int = Field(
+        -1, description="Optimizer steps; -1: num_train_epochs over the train split."
+    )
+    num_train_epochs: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    gradient_checkpointing_kwargs: dict[str, Any] | None = None
+    bf16: bool = Field(False, description="Train in bfloat16 (GPU). CPU runs use float32.")
+    fp16: bool = False
+    deepspeed: str | dict[str, Any] | None = Field(
+        None, description="DeepSpeed config (path or dict); default: ZeRO stage `zero_stage`."
+    )
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        2, description="ZeRO stage when `deepspeed` is not given."
+    )
+    # generation
+    num_generations: int = Field(8, ge=2, description="G: completions per prompt (a group).")
+    max_prompt_length: int | None = Field(
+        512, ge=1, description="Prompts longer than this are left-truncated."
+    )
+    max_completion_length: int = Field(256, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, description="null or 0: disabled.")
+    min_p: float | None = None
+    repetition_penalty: float = Field(1.0, gt=0)
+    # GRPO objective
+    beta: float = Field(
+        0.0, ge=0, description="KL coefficient to the reference model; 0 loads no reference."
+    )
+    epsilon: float = Field(0.2, ge=0, description="Lower clip range.")
+    epsilon_high: float | None = Field(
+        None, ge=0, description="Upper clip range; default: epsilon."
+    )
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    mask_truncated_completions: bool = False
+    num_iterations: int = Field(
+        1, ge=1, le=1, description="Policy updates per generation batch (only 1)."
+    )
+    reward_funcs: list[str] = Field(
+        default_factory=lambda: ["char_class"],
+        description="Reward names from the rewards registry, or `module:function` import paths.",
+    )
+    reward_weights: list[float] | None = Field(
+        None, description="One weight per reward; default all 1."
+    )
+    vllm_importance_sampling_correction: bool = Field(
+        True, description="Correct for sampler/trainer mismatch and staleness with truncated IS."
+    )
+    vllm_importance_sampling_mode: Literal[
+        "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"
+    ] = "sequence_mask"
+    vllm_importance_sampling_clip_max: float | None = Field(
+        3.0, gt=0, description="C_max: truncate modes clip ratios above it, mask modes zero them."
+    )
+    vllm_importance_sampling_clip_min: float | None = Field(
+        None, ge=0, description="C_min: truncate modes clip ratios below it, mask modes zero them."
+    )
+    # cadence
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(500, ge=1)
+    save_total_limit: int | None = Field(2, ge=1)
+    eval_steps: int | None = Field(
+        None, ge=1, description="Eval every N steps; null: no periodic eval."
+    )
+    eval_on_start: bool = False
+    log_completions: bool = True
+    log_completions_steps: int = Field(
+        10, ge=1, description="Completions table artifact every N steps."
+    )
+    num_completions_to_print: int | None = Field(None, ge=0)
+    vllm_mode: Literal["server"] = Field(
+        "server", description="Always 'server': vLLM runs as the separate sampler service."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            sr = data.get("scale_rewards")
+            if isinstance(sr, bool):  # TRL accepts booleans: True = group, False = none
+                data = {**data, "scale_rewards": "group" if sr else "none"}
+            if "vllm_importance_sampling_cap" in data:  # TRL's deprecated alias
+                data = {**data}
+                data.setdefault(
+                    "vllm_importance_sampling_clip_max", data.pop("vllm_importance_sampling_cap")
+                )
+                data.pop("vllm_importance_sampling_cap", None)
+            if data.get("vllm_mode") == "colocate":
+                raise ValueError(
+                    "trainer.vllm_mode: 'colocate' is not supported: this service runs vLLM as a separate "
+                    "sampler on its own devices. Remove the key (or set it to 'server')."
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> GRPOSettings:
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+            raise ValueError(
+                f"trainer.reward_weights has {len(self.reward_weights)} values but trainer.reward_funcs "
+                f"has {len(self.reward_funcs)}: give one weight per reward function"
+            )
+        if not self.reward_funcs:
+            raise ValueError(
+                "trainer.reward_funcs is empty: name at least one reward (e.g. [accuracy, format])"
+            )
+        if self.bf16 and self.fp16:
+            raise ValueError("trainer.bf16 and trainer.fp16 are both true: choose one")
+        return self
+
+    @property
+    def epsilon_upper(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name_or_path: str = Field(
+        "tiny",
+        description="A local HF model folder, or 'tiny' to build the tiny random model (data.tiny_model).",
+    )
+    tiny_seed: int = Field(0, description="Seed of the tiny model when name_or_path is 'tiny'.")
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="Trainer weights dtype (and the sampler's when sampler.dtype is auto).",
+    )
+    attn_implementation: str | None = Field(
+        None, description="transformers attention implementation."
+    )
+    use_peft: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights.")
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_target_modules: list[str] | None = Field(
+        None, description="Default: all linear projections."
+    )
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_staleness: int = Field(
+        1,
+        ge=0,
+        description="k: train on samples at most k policy versions old; 0 = synchronous on-policy GRPO.",
+    )
+    sync_every: int = Field(
+        1, ge=1, description="Push weights to the samplers every N optimizer steps."
+    )
+    weight_sync: Literal["auto", "nccl", "gloo", "filesystem"] = Field(
+        "auto",
+        description="Transport: torch.distributed (nccl on GPU, gloo on CPU) or safetensors files.",
+    )
+    weight_sync_bucket_mb: int = Field(
+        1024, ge=1, description="Bucket size of the torch.distributed transport."
+    )
+    weight_sync_dir: str | None = Field(
+        None, description="Shared folder for the filesystem transport."
+    )
+    filter_zero_std_groups: bool = Field(
+        False,
+        description="Drop groups whose rewards are all equal (no signal) and over-sample to keep batches full.",
+    )
+    max_inflight_prompts: int | None = Field(
+        None, ge=1, description="Prompts generating at once; default: 2 batches' worth."
+    )
+    num_trainer_workers: int = Field(
+        1, ge=1, description="Trainer processes (one per GPU; CPU: processes)."
+    )
+    trainer_gpus_per_worker: float = Field(
+        0, ge=0, description="GPUs per trainer process (0 on CPU)."
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join; null starts a local one."
+    )
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (null: all).")
+    dist_timeout_s: float = Field(600, gt=0, description="Timeout of process-group operations.")
+
+
+class MlflowConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str | None = Field(
+        None,
+        description="Default: MLFLOW_TRACKING_URI (set by AML in a job), else sqlite under output_dir.",
+    )
+    experiment_name: str = Field("grpo-service")
+    log_model: bool = Field(
+        True, description="Log the final model as an MLflow transformers model."
+    )
+
+
+class RunConfig(BaseModel):
+    """One run: every component's section."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    rewards: RewardPoolConfig = Field(default_factory=RewardPoolConfig)
+    trainer: GRPOSettings = Field(default_factory=GRPOSettings)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    azure: dict[str, Any] | None = Field(
+        None, description="Read by deploy/ only (submit defaults)."
+    )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        t = self.trainer
+        per_step = (
+            t.per_device_train_batch_size
+            * t.gradient_accumulation_steps
+            * self.pipeline.num_trainer_workers
+        )
+        if per_step % t.num_generations:
+            raise ValueError(
+                f"trainer.num_generations={t.num_generations} must divide the completions per optimizer step "
+                f"(per_device_train_batch_size {t.per_device_train_batch_size} x gradient_accumulation_steps "
+                f"{t.gradient_accumulation_steps} x pipeline.num_trainer_workers {self.pipeline.num_trainer_workers}"
+                f" = {per_step}): change one of them"
+            )
+        return self
+
+    @property
+    def completions_per_step(self) -> int:
+        t = self.trainer
+        return (
+            t.per_device_train_batch_size
+            * t.gradient_accumulation_steps
+            * self.pipeline.num_trainer_workers
+        )
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.completions_per_step // self.trainer.num_generations
+
+
+def _split_seed_style(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A flat seed-style YAML (TRL keys at top level) becomes {trainer: ..., model: ...}."""
+    sections = set(RunConfig.model_fields)
+    if not raw or set(raw) <= sections:
+        return raw, []
+    flat = {k: v for k, v in raw.items() if k not in sections}
+    nested = {k: v for k, v in raw.items() if k in sections}
+    trainer = dict(nested.get("trainer") or {})
+    trainer.update(flat)
+    nested["trainer"] = trainer
+    return nested, [f"{len(flat)} top-level keys read as the trainer section (seed/TRL style)"]
+
+
+def _move_model_and_ignored(data: dict[str, Any]) -> list[str]:
+    notes = []
+    trainer = data.get("trainer")
+    if not isinstance(trainer, dict):
+        return notes
+    model = dict(data.get("model") or {})
+    for key in MODEL_KEYS_IN_TRAINER:
+        if key in trainer:
+            model[key] = trainer.pop(key)
+            notes.append(f"trainer.{key} moved to model.{key}")
+    if "model_name_or_path" in trainer:
+        model["name_or_path"] = trainer.pop("model_name_or_path")
+    if model:
+        data["model"] = model
+    for key in list(trainer):
+        if key in IGNORED_TRL_KEYS:
+            trainer.pop(key)
+            notes.append(f"trainer.{key} ignored: {IGNORED_TRL_KEYS[key]}")
+    return notes
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parent_model = _model_at(e["loc"][:-1])
+            known = list(parent_model.model_fields) if parent_model else []
+            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            lines.append(f"  {path}: unknown or unsupported key{hint}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"  {path or '(top level)'}: {msg} (got {e.get('input')!r:.80})")
+    return "\n".join(lines)
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def parse_config(raw: dict[str, Any] | None, source: str = "<dict>") -> RunConfig:
+    """Validate a mapping (nested sections, or flat seed-style TRL keys) into a RunConfig."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    data, notes = _split_seed_style(dict(raw))
+    notes += _move_model_and_ignored(data)
+    for n in notes:
+        log.info("config %s: %s", source, n)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a run YAML. `overrides` are dotted keys (`trainer.max_steps`) applied on top."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if overrides:
+        raw, _ = _split_seed_style(raw) if isinstance(raw, dict) else (raw, [])
+        for dotted, value in overrides.items():
+            cur = raw
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                cur = cur.setdefault(part, {})
+            cur[leaf] = value
+    return parse_config(raw, str(p))

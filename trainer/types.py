@@ -1,0 +1,30 @@
+"""Records that flow from the rollout side (sampler + rewards) into the trainer.
+
+Owns: the `ScoredSample` record (one completion with everything the loss needs). Does not know:
+how samples are produced, batched or trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ScoredSample:
+    """One completion of one prompt, scored, with the policy version that produced it."""
+
+    prompt_id: str  # the data row's id (resume and no-duplicate checks use it)
+    group_index: int  # position within its group of G completions
+    prompt_token_ids: list[int]
+    completion_token_ids: list[int]
+    sampler_logprobs: list[float]  # per completion token, from the sampler (for IS correction)
+    finish_reason: str  # "stop" | "length" ("length" = truncated)
+    policy_version: int  # the sampler's weights version that generated it
+    reward: float  # weighted total over reward functions (TRL: nansum of weighted rewards)
+    rewards_per_func: dict[str, float | None] = field(default_factory=dict)
+    advantage: float = 0.0
+    completion_text: str = ""
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
