@@ -161,8 +161,9 @@ def default_driver_command(args: argparse.Namespace, ray_address: str) -> list[s
         cmd += ["--set", f"trainer.output_dir={args.output_dir}"]
     for item in args.set:
         cmd += ["--set", check_set_override(item)]
-    if args.resume:
-        cmd.append("--resume")
+    # A job AML retries by itself reruns this command: --auto-resume continues from the job's own
+    # checkpoints when there are any, and starts fresh otherwise.
+    cmd.append("--resume" if args.resume else "--auto-resume")
     return cmd
 
 

@@ -186,6 +186,9 @@ def test_default_driver_command_follows_the_driver_contract():
                        "--set", "trainer.max_steps=3", "--resume"]  # fmt: skip
     _, driver = parse_args(["--sampler-nodes", "1", "--", "python", "-c", "pass"])
     assert driver == ["python", "-c", "pass"]
+    # without --resume, a retried job (same checkpoint folder) continues where it stopped
+    args, _ = parse_args(["--config", "c.yaml", "--sampler-nodes", "1"])
+    assert default_driver_command(args, "10.0.0.4:6379")[-1] == "--auto-resume"
 
 
 def test_exit_status_maps_signals():

@@ -1,0 +1,88 @@
+"""MLflow tracking for the driver (the only process that logs).
+
+Owns: choosing the tracking URI (AML's ambient one inside a job, else a local sqlite store under
+output_dir), starting/resuming the run, logging params/metrics/artifacts, and the final MLflow
+model. Does not know: what the metrics mean.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def tracking_uri(configured: str | None, output_dir: str) -> str:
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):  # set by Azure ML inside a job
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str, run_name: str | None, run_id: str | None = None,
+                 artifact_root: str | None = None):
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        import mlflow
+
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(uri)
+        self.uri = uri
+        if mlflow.get_experiment_by_name(experiment) is None:
+            mlflow.create_experiment(experiment, artifact_location=artifact_root)
+        mlflow.set_experiment(experiment)
+        self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
+        self.run_id = self.run.info.run_id
+
+    def params(self, params: dict[str, Any]) -> None:
+        flat = {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in params.items()}
+        for k, v in flat.items():
+            try:
+                self.mlflow.log_param(k, str(v)[:6000])
+            except self.mlflow.exceptions.MlflowException as e:
+                log.warning("param %s not logged (%s)", k, e)  # a resumed run may not change a param
+
+    def metrics(self, metrics: dict[str, float], step: int) -> None:
+        clean = {k.replace("@", "_"): float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        if clean:
+            self.mlflow.log_metrics(clean, step=step)
+
+    def table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
+        self.mlflow.log_table(data={k: [r.get(k) for r in rows] for k in rows[0]}, artifact_file=artifact_file)
+
+    def artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self.mlflow.log_artifact(path, artifact_path=artifact_path)
+
+    def log_model(self, model_dir: str, pip_requirements: list[str]) -> str:
+        """The final model as an MLflow transformers model (chat task) that pyfunc can load."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        info = self.mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tok}, name="model", task="llm/v1/chat",
+            pip_requirements=pip_requirements,
+        )
+        return info.model_uri
+
+    def save_model(self, model_dir: str, path: str, pip_requirements: list[str]) -> None:
+        """The same MLflow model written to a folder (an Azure ML job output registers from there)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        if Path(path).exists() and any(Path(path).iterdir()):
+            path = str(Path(path) / "mlflow_model")
+        self.mlflow.transformers.save_model(
+            transformers_model={"model": model, "tokenizer": tok}, path=path, task="llm/v1/chat",
+            pip_requirements=pip_requirements,
+        )
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.mlflow.end_run(status=status)
