@@ -25,6 +25,13 @@ def tracking_uri(configured: str | None, output_dir: str) -> str:
     return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
 
 
+def pip_requirements() -> list[str]:
+    """Explicit requirements of the logged model (offline, MLflow cannot infer them)."""
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("torch", "transformers", "accelerate", "tokenizers", "safetensors")]
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str, run_name: str | None, run_id: str | None = None,
                  artifact_root: str | None = None):

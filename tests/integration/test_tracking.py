@@ -13,8 +13,7 @@ pytestmark = pytest.mark.slow
 def test_tracker_logs_and_final_model_answers_chat(tmp_path, tiny_model_dir):
     import mlflow
 
-    from trainer.driver import _pip_requirements
-    from trainer.tracking import Tracker, tracking_uri
+    from trainer.tracking import Tracker, pip_requirements, tracking_uri
 
     uri = tracking_uri(None, str(tmp_path))
     assert uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
@@ -22,7 +21,7 @@ def test_tracker_logs_and_final_model_answers_chat(tmp_path, tiny_model_dir):
     t.metrics({"reward": 0.5, "rewards/char_class/mean": 0.25, "bad": float("nan")}, step=1)
     t.metrics({"reward": 0.75}, step=2)
     t.table([{"step": 2, "completion": "123", "reward": 1.0}], "completions/step_000002.json")
-    model_uri = t.log_model(str(tiny_model_dir), _pip_requirements())
+    model_uri = t.log_model(str(tiny_model_dir), pip_requirements())
     run_id = t.run_id
     t.end()
 
