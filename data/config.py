@@ -40,6 +40,11 @@ class DataConfig(BaseModel):
         True, description="Shuffle training rows each epoch (seeded by trainer.seed)."
     )
     seed: int = Field(0, description="Seed of the charclass generator.")
+    classes: list[str] | None = Field(
+        None,
+        description="charclass only: which character classes prompts ask for (digits, upper, lower); "
+        "default all three. One class is the quickest to learn visibly for a tiny random model.",
+    )
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:

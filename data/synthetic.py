@@ -45,12 +45,15 @@ SPLIT_SIZES = {"train": 512, "validation": 64, "test": 64}
 _SPLIT_SEED_OFFSET = {"train": 0, "validation": 1_000_003, "test": 2_000_003}
 
 
-def generate_rows(split: str, n: int, seed: int = 0) -> list[dict[str, str]]:
-    """`n` rows of `split`, identical for the same (split, n, seed)."""
+def generate_rows(split: str, n: int, seed: int = 0, classes: list[str] | None = None) -> list[dict[str, str]]:
+    """`n` rows of `split`, identical for the same (split, n, seed, classes); classes cycle in order."""
     if split not in _SPLIT_SEED_OFFSET:
         raise ValueError(f"split must be one of {sorted(_SPLIT_SEED_OFFSET)}, got {split!r}")
+    unknown = sorted(set(classes or []) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"unknown charclass classes {unknown}: choose from {sorted(CLASSES)}")
     rng = random.Random(seed + _SPLIT_SEED_OFFSET[split])
-    names = sorted(CLASSES)
+    names = sorted(classes or CLASSES)
     rows = []
     for i in range(n):
         cls = names[i % len(names)]

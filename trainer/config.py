@@ -73,27 +73,39 @@ class GRPOSettings(BaseModel):
     run_name: str | None = Field(None, description="MLflow run name.")
     seed: int = Field(42, description="Seed for init, data order and sampling.")
     # optimisation
-    learning_rate: float = Field(1e-6, gt=0)
-    lr_scheduler_type: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "linear"
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    learning_rate: float = Field(1e-6, gt=0, description="Peak learning rate (AdamW).")
+    lr_scheduler_type: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        "linear", description="Learning-rate schedule over the run's optimizer steps."
+    )
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of steps spent warming up linearly."
+    )
     warmup_steps: int = Field(0, ge=0, description="Overrides warmup_ratio when > 0.")
-    weight_decay: float = Field(0.0, ge=0)
-    adam_beta1: float = Field(0.9, ge=0, lt=1)
-    adam_beta2: float = Field(0.999, ge=0, lt=1)
-    adam_epsilon: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping; 0 disables.")
     per_device_train_batch_size: int = Field(
         8, ge=1, description="Completions per trainer process per micro-step."
     )
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step on each trainer process."
+    )
     max_steps: int = Field(
         -1, description="Optimizer steps; -1: num_train_epochs over the train split."
     )
-    num_train_epochs: float = Field(1.0, gt=0)
-    gradient_checkpointing: bool = False
-    gradient_checkpointing_kwargs: dict[str, Any] | None = None
+    num_train_epochs: float = Field(
+        1.0, gt=0, description="Passes over the train split when max_steps is -1."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward to save memory."
+    )
+    gradient_checkpointing_kwargs: dict[str, Any] | None = Field(
+        None, description="Passed to transformers' gradient_checkpointing_enable."
+    )
     bf16: bool = Field(False, description="Train in bfloat16 (GPU). CPU runs use float32.")
-    fp16: bool = False
+    fp16: bool = Field(False, description="Train in float16 (GPU).")
     deepspeed: str | dict[str, Any] | None = Field(
         None, description="DeepSpeed config (path or dict); default: ZeRO stage `zero_stage`."
     )
@@ -105,12 +117,20 @@ class GRPOSettings(BaseModel):
     max_prompt_length: int | None = Field(
         512, ge=1, description="Prompts longer than this are left-truncated."
     )
-    max_completion_length: int = Field(256, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    max_completion_length: int = Field(
+        256, ge=1, description="Largest completion in tokens (the sampler's max_tokens)."
+    )
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        description="Sampling temperature of training rollouts (> 0: GRPO needs diverse groups).",
+    )
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of training rollouts.")
     top_k: int | None = Field(None, description="null or 0: disabled.")
-    min_p: float | None = None
-    repetition_penalty: float = Field(1.0, gt=0)
+    min_p: float | None = Field(None, description="Min-p sampling; null disables.")
+    repetition_penalty: float = Field(
+        1.0, gt=0, description="vLLM repetition penalty; 1.0 disables."
+    )
     # GRPO objective
     beta: float = Field(
         0.0, ge=0, description="KL coefficient to the reference model; 0 loads no reference."
@@ -119,9 +139,17 @@ class GRPOSettings(BaseModel):
     epsilon_high: float | None = Field(
         None, ge=0, description="Upper clip range; default: epsilon."
     )
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    mask_truncated_completions: bool = False
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
+        "dapo",
+        description="Loss normalisation: grpo (per sequence), bnpo (per batch tokens), dr_grpo (constant max length), dapo (global tokens, TRL's default).",
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group",
+        description="Advantage scaling: group std, batch std, or none (Dr. GRPO). TRL's booleans are accepted.",
+    )
+    mask_truncated_completions: bool = Field(
+        False, description="Exclude completions cut at max_completion_length from the loss."
+    )
     num_iterations: int = Field(
         1, ge=1, le=1, description="Policy updates per generation batch (only 1)."
     )
@@ -137,7 +165,11 @@ class GRPOSettings(BaseModel):
     )
     vllm_importance_sampling_mode: Literal[
         "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"
-    ] = "sequence_mask"
+    ] = Field(
+        "sequence_mask",
+        description="Truncated IS correction for sampler/trainer mismatch and staleness: token- or "
+        "sequence-level, truncate (clip) or mask.",
+    )
     vllm_importance_sampling_clip_max: float | None = Field(
         3.0, gt=0, description="C_max: truncate modes clip ratios above it, mask modes zero them."
     )
@@ -145,18 +177,28 @@ class GRPOSettings(BaseModel):
         None, ge=0, description="C_min: truncate modes clip ratios below it, mask modes zero them."
     )
     # cadence
-    logging_steps: int = Field(1, ge=1)
-    save_steps: int = Field(500, ge=1)
-    save_total_limit: int | None = Field(2, ge=1)
+    logging_steps: int = Field(
+        1, ge=1, description="Log metrics to MLflow every N optimizer steps."
+    )
+    save_steps: int = Field(
+        500, ge=1, description="Checkpoint every N optimizer steps (and at the end)."
+    )
+    save_total_limit: int | None = Field(
+        2, ge=1, description="Keep at most N checkpoints (oldest deleted); null keeps all."
+    )
     eval_steps: int | None = Field(
         None, ge=1, description="Eval every N steps; null: no periodic eval."
     )
-    eval_on_start: bool = False
-    log_completions: bool = True
+    eval_on_start: bool = Field(False, description="Evaluate once before the first step.")
+    log_completions: bool = Field(
+        True, description="Log sample completions as an MLflow table artifact."
+    )
     log_completions_steps: int = Field(
         10, ge=1, description="Completions table artifact every N steps."
     )
-    num_completions_to_print: int | None = Field(None, ge=0)
+    num_completions_to_print: int | None = Field(
+        None, ge=0, description="Accepted for TRL compatibility; completions go to MLflow tables."
+    )
     vllm_mode: Literal["server"] = Field(
         "server", description="Always 'server': vLLM runs as the separate sampler service."
     )
@@ -217,9 +259,9 @@ class ModelConfig(BaseModel):
         None, description="transformers attention implementation."
     )
     use_peft: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights.")
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     lora_target_modules: list[str] | None = Field(
         None, description="Default: all linear projections."
     )
@@ -235,6 +277,13 @@ class PipelineConfig(BaseModel):
     )
     sync_every: int = Field(
         1, ge=1, description="Push weights to the samplers every N optimizer steps."
+    )
+    dispatch_ahead: int | None = Field(
+        None,
+        ge=0,
+        description="Steps rollouts may run ahead of training; default max_staleness (nothing generated "
+        "is wasted). Larger values generate further ahead, drop groups that come back older than "
+        "max_staleness (counted as rollout/stale_groups_dropped) and re-issue their prompts.",
     )
     weight_sync: Literal["auto", "nccl", "gloo", "filesystem"] = Field(
         "auto",
@@ -273,7 +322,7 @@ class MlflowConfig(BaseModel):
         None,
         description="Default: MLFLOW_TRACKING_URI (set by AML in a job), else sqlite under output_dir.",
     )
-    experiment_name: str = Field("grpo-service")
+    experiment_name: str = Field("grpo-service", description="MLflow experiment.")
     log_model: bool = Field(
         True, description="Log the final model as an MLflow transformers model."
     )
@@ -310,7 +359,18 @@ class RunConfig(BaseModel):
                 f"{t.gradient_accumulation_steps} x pipeline.num_trainer_workers {self.pipeline.num_trainer_workers}"
                 f" = {per_step}): change one of them"
             )
+        ahead = self.pipeline.dispatch_ahead
+        if ahead is not None and ahead < self.pipeline.max_staleness:
+            raise ValueError(
+                f"pipeline.dispatch_ahead={ahead} is below pipeline.max_staleness="
+                f"{self.pipeline.max_staleness}: it must be at least max_staleness (or null)"
+            )
         return self
+
+    @property
+    def dispatch_ahead(self) -> int:
+        p = self.pipeline
+        return p.max_staleness if p.dispatch_ahead is None else p.dispatch_ahead
 
     @property
     def completions_per_step(self) -> int:

@@ -93,3 +93,29 @@ def test_overrides_and_bad_yaml(tmp_path):
         load_config(p)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_configuration_reference_is_current():
+    from trainer.config_docs import render
+
+    committed = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    assert committed == render(), "docs/configuration.md is stale: run python -m trainer.config_docs > docs/configuration.md"
+
+
+def test_every_field_is_documented():
+    from pydantic import BaseModel
+
+    from trainer.config import RunConfig
+
+    missing = []
+
+    def walk(model, prefix):
+        for key, f in model.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{key}.")
+            elif not f.description:
+                missing.append(prefix + key)
+
+    walk(RunConfig, "")
+    assert not missing, f"config fields without a description=: {missing}"

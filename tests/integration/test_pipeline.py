@@ -1,0 +1,267 @@
+"""The whole pipeline on CPU: real vLLM sampler, real Ray reward pool, real DeepSpeed trainer.
+
+Every test runs `python -m trainer` (or the `Run` object) on the tiny model and the offline task,
+then asserts on the run's audit logs (`trained_prompts.jsonl`, `metrics.jsonl`, `replicas.json`),
+its MLflow store and its final model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL = REPO / "configs" / "local.yaml"
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _cmd(out: Path, *sets: str, resume: bool = False) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "--config",
+        str(LOCAL),
+        "--set",
+        f"trainer.output_dir={out}",
+    ]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd + (["--resume"] if resume else [])
+
+
+def _run(
+    out: Path, *sets: str, timeout: float = 600, resume: bool = False
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        _cmd(out, *sets, resume=resume),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,
+    )
+    assert proc.returncode == 0, (
+        f"driver failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    )
+    return proc
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _expected_prompt_ids(steps: int, prompts_per_step: int, seed: int = 42) -> list[str]:
+    """What an uninterrupted run trains: the data cursor's order (see trainer.prompts.DataCursor)."""
+    from data.synthetic import SPLIT_SIZES, generate_rows
+    from trainer.prompts import DataCursor
+
+    rows = generate_rows("train", SPLIT_SIZES["train"], 0)
+    cursor = DataCursor(len(rows), seed)
+    return [rows[i]["id"] for _, i in cursor.take(steps * prompts_per_step)]
+
+
+def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"driver exited ({proc.returncode}) before {what}")
+        time.sleep(0.5)  # polling files another process writes; bounded by the deadline
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_embedded_default_learns(tmp_path):
+    """Learning proof: the sampler's mean reward over the last 10 steps is clearly above the first 10.
+
+    The reward is measured on the sampler's outputs, so a weight sync that does not reach the sampler
+    keeps it flat and fails this test. Also: staleness bound, exact prompt order, MLflow, final model.
+    """
+    out = tmp_path / "run"
+    proc = _run(out)
+    metrics = _jsonl(out / "metrics.jsonl")
+    rewards = [m["reward"] for m in metrics]
+    first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
+    print(f"mean reward first 10 steps {first:.3f}, last 10 steps {last:.3f}")
+    assert last > first + 0.15 and last > 1.5 * first, (first, last)
+    # staleness: max_staleness 1 in configs/local.yaml
+    trained = _jsonl(out / "trained_prompts.jsonl")
+    for row in trained:
+        assert all(row["step"] - v <= 1 for v in row["versions"]), row
+    assert [m["policy/version"] for m in metrics] == list(range(1, len(metrics) + 1))
+    ids = [i for row in trained for i in row["prompt_ids"]]
+    assert ids == _expected_prompt_ids(len(trained), 4)
+    assert (out / "final_model" / "model.safetensors").is_file()
+    assert "Open the UI with" in proc.stdout
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    [exp] = [e for e in client.search_experiments() if e.name == "grpo-local"]
+    [run] = client.search_runs([exp.experiment_id])
+    hist = client.get_metric_history(run.info.run_id, "reward")
+    assert [h.step for h in hist] == list(range(1, len(metrics) + 1))
+    for name in (
+        "loss",
+        "grad_norm",
+        "rewards/char_class/mean",
+        "timing/weight_sync_s",
+        "policy/version",
+        "sampler/tokens_per_s",
+        "eval_rewards/char_class/mean",
+    ):
+        assert client.get_metric_history(run.info.run_id, name), name
+    assert run.data.params["sampler_urls"].startswith("[")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver's whole session (driver, Ray's processes, actors); gone members are fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def _no_leftover_servers(out: Path) -> None:
+    """Every sampler process the run started is gone (no orphans holding ports)."""
+    for info in json.loads((out / "replicas.json").read_text()):
+        pid = info["pid"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(
+                0.2
+            )  # the child gets SIGTERM on its parent's death; bounded wait for it to exit
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text(), (
+            f"sampler pid {pid} still running"
+        )
+
+
+def test_kill_and_resume_trains_the_same_prompts(tmp_path):
+    """SIGKILL the driver (whole process group) mid-run, then --resume: the trained prompt-id sequence
+    equals an uninterrupted run's, nothing twice; MLflow continues the same run at the right step."""
+    out = tmp_path / "run"
+    sets = (
+        "trainer.max_steps=8",
+        "trainer.save_steps=3",
+        "trainer.eval_steps=null",
+        "trainer.save_total_limit=null",
+    )
+    proc = subprocess.Popen(
+        _cmd(out, *sets),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(
+            lambda: (
+                (out / "checkpoints" / "step-3" / "client_state.json").exists()
+                and len(_jsonl(out / "metrics.jsonl")) >= 4
+            ),
+            480,
+            "checkpoint step-3 and step 4",
+            proc,
+        )
+    finally:
+        _kill_group(proc)
+    assert (
+        len(_jsonl(out / "trained_prompts.jsonl")) >= 4
+    )  # steps after the checkpoint were trained, then lost
+    _no_leftover_servers(out)
+    _run(out, *sets, resume=True)
+    trained = _jsonl(out / "trained_prompts.jsonl")
+    assert [r["step"] for r in trained] == list(range(8))
+    ids = [i for r in trained for i in r["prompt_ids"]]
+    assert ids == _expected_prompt_ids(8, 4) and len(set(ids)) == len(ids)
+    metrics = _jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(1, 9))
+    assert (
+        metrics[3]["policy/version"] == 4.0
+    )  # first resumed step trained on the checkpoint's weights + 1
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1  # resumed into the same run
+    steps = sorted({h.step for h in client.get_metric_history(runs[0].info.run_id, "reward")})
+    assert steps == list(range(1, 9))
+
+
+def test_sampler_replica_killed_mid_run(tmp_path):
+    """Chaos: SIGKILL one of two sampler replicas mid-run. The run finishes, the replica comes back with
+    the current version, the trained prompt ids show no loss or duplicate."""
+    out = tmp_path / "run"
+    sets = (
+        "sampler.replicas=2",
+        "trainer.max_steps=10",
+        "trainer.eval_steps=null",
+        "trainer.save_steps=100",
+    )
+    proc = subprocess.Popen(
+        _cmd(out, *sets),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(
+            lambda: (out / "metrics.jsonl").exists() and len(_jsonl(out / "metrics.jsonl")) >= 3,
+            480,
+            "step 3",
+            proc,
+        )
+        victim = json.loads((out / "replicas.json").read_text())[1]
+        os.kill(victim["pid"], signal.SIGKILL)
+        stdout, _ = proc.communicate(timeout=480)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    assert proc.returncode == 0, stdout[-6000:]
+    replicas = json.loads((out / "replicas.json").read_text())
+    assert replicas[1]["restarts"] == 1 and replicas[1]["pid"] != victim["pid"]
+    assert replicas[1]["version"] >= 4
+    trained = _jsonl(out / "trained_prompts.jsonl")
+    ids = [i for r in trained for i in r["prompt_ids"]]
+    assert ids == _expected_prompt_ids(10, 4)
+    metrics = _jsonl(out / "metrics.jsonl")
+    assert metrics[-1]["rollout/sampler_restarts"] == 1.0
+
+
+def test_stale_groups_are_dropped_counted_and_reissued(tmp_path):
+    """Generating further ahead than max_staleness allows: groups that come back too old are dropped,
+    counted and re-issued; no trained sample is older than max_staleness."""
+    out = tmp_path / "run"
+    _run(
+        out,
+        "pipeline.max_staleness=0",
+        "pipeline.dispatch_ahead=2",
+        "trainer.max_steps=6",
+        "trainer.eval_steps=null",
+        "trainer.save_steps=100",
+    )
+    trained = _jsonl(out / "trained_prompts.jsonl")
+    assert all(
+        v == row["step"] for row in trained for v in row["versions"]
+    )  # k = 0: on-policy only
+    metrics = _jsonl(out / "metrics.jsonl")
+    assert metrics[-1]["rollout/stale_groups_dropped"] > 0
+    assert [i for r in trained for i in r["prompt_ids"]] == _expected_prompt_ids(6, 4)

@@ -1,0 +1,50 @@
+"""`python -m trainer --config CONFIG [--resume] [--set key=value ...]`: run the GRPO pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import yaml
+
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--set {item!r}: expected dotted.key=value (e.g. --set trainer.max_steps=10)")
+        k, v = item.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer", description="Run the disaggregated GRPO pipeline.")
+    p.add_argument("--config", required=True, help="run YAML (see configs/)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in trainer.output_dir")
+    g.add_argument("--auto-resume", action="store_true",
+                   help="resume if trainer.output_dir holds a checkpoint, else start fresh (job retries)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "mlflow", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from trainer.config import ConfigError, load_config
+    from trainer.driver import run
+
+    try:
+        cfg = load_config(a.config, _parse_set(a.set))
+        return run(cfg, resume="auto" if a.auto_resume else a.resume)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: all roles were shut down", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,497 @@
+"""The DeepSpeed-wrapped policy that one trainer process holds.
+
+Owns: loading the policy (optionally with LoRA adapters) and, when `beta` > 0, a frozen reference;
+building the DeepSpeed config (ZeRO stage, micro-batch, accumulation, clipping) and optimizer /
+scheduler; one optimizer step of GRPO (`train_step`: logps recomputed, IS correction, loss, backward
+per micro-batch, step) with TRL-named metrics reduced over ranks; full-weight export for the weight
+sync and HF folders (ZeRO-3 gathered bucket by bucket, LoRA merged); checkpoint save/load with RNG.
+Does not know: where batches come from, the sampler, MLflow, cadences. It runs inside a process
+whose torch.distributed default group is already initialised (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from trainer.batch import TrainBatch, split_micro_batches
+from trainer.config import GRPOSettings, ModelConfig
+from trainer.loss import completion_logps, grpo_loss, importance_sampling_ratio
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_RNG_FILE = "rng_state_rank{rank}.pt"
+_CKPT_TAG = "state"
+_LORA_PREFIX = "base_model.model."
+
+
+def build_ds_config(
+    settings: GRPOSettings, world_size: int, ds_config: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The DeepSpeed config for `settings`: the user's (values "auto" filled in) or a ZeRO default.
+
+    The batch keys always follow `settings` (the loop splits batches by them); a user config that
+    states different ones is rejected rather than silently overridden.
+    """
+    import json
+
+    user = ds_config
+    if user is None and settings.deepspeed is not None:
+        if isinstance(settings.deepspeed, dict):
+            user = settings.deepspeed
+        else:
+            path = settings.deepspeed
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"trainer.deepspeed: config file {path!r} not found")
+            with open(path, encoding="utf-8") as f:
+                user = json.load(f)
+    cfg: dict[str, Any] = (
+        json.loads(json.dumps(user))
+        if user
+        else {"zero_optimization": {"stage": settings.zero_stage}}
+    )
+    mbs, gas = settings.per_device_train_batch_size, settings.gradient_accumulation_steps
+    wanted = {
+        "train_micro_batch_size_per_gpu": mbs,
+        "gradient_accumulation_steps": gas,
+        "train_batch_size": mbs * gas * world_size,
+    }
+    for key, value in wanted.items():
+        if cfg.get(key, "auto") not in ("auto", value):
+            raise ValueError(
+                f"trainer.deepspeed.{key}={cfg[key]!r} disagrees with the trainer settings ({value}): "
+                "remove it or set it to 'auto'"
+            )
+        cfg[key] = value
+    if cfg.get("gradient_clipping", "auto") == "auto":
+        cfg["gradient_clipping"] = settings.max_grad_norm
+    for key, on in (("bf16", settings.bf16), ("fp16", settings.fp16)):
+        section = cfg.setdefault(key, {})
+        if section.get("enabled", "auto") == "auto":
+            section["enabled"] = on
+    # A plain torch AdamW: DeepSpeed's fused CPU Adam would need a C++ build (~35 s) for no gain here.
+    cfg.setdefault("zero_allow_untested_optimizer", True)
+    cfg.setdefault("steps_per_print", 10**9)
+    cfg.setdefault("wall_clock_breakdown", False)
+    zero = cfg.setdefault("zero_optimization", {})
+    if zero.get("stage", "auto") == "auto":
+        zero["stage"] = settings.zero_stage
+    return cfg
+
+
+def _warmup_steps(settings: GRPOSettings, total_steps: int) -> int:
+    if settings.warmup_steps > 0:
+        return settings.warmup_steps
+    return math.ceil(settings.warmup_ratio * total_steps)  # as transformers' get_warmup_steps
+
+
+class PolicyEngine:
+    """The trainable policy under DeepSpeed, for one trainer rank."""
+
+    def __init__(
+        self,
+        model_path: str,
+        settings: GRPOSettings,
+        model_cfg: ModelConfig,
+        total_steps: int,
+        ds_config: dict[str, Any] | None = None,
+    ) -> None:
+        import deepspeed
+        import torch.distributed as dist
+        from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler, set_seed
+
+        if not dist.is_initialized():
+            raise RuntimeError(
+                "PolicyEngine needs torch.distributed initialised (RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT "
+                "and init_process_group): launch it with trainer.dist_launch, torchrun or Ray Train"
+            )
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        deepspeed.init_distributed(dist_backend=dist.get_backend())
+        self.settings = settings
+        self.model_cfg = model_cfg
+        self.model_path = model_path
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.total_steps = total_steps
+        self._step = 0
+        # Same seed on every rank, before anything random (LoRA init), like HF Trainer's set_seed.
+        set_seed(settings.seed)
+        dtype = (
+            _DTYPES.get(model_cfg.torch_dtype, torch.float32)
+            if model_cfg.torch_dtype != "auto"
+            else "auto"
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError(
+                f"the tokenizer of {model_path} has no pad token: set one in its tokenizer_config.json"
+            )
+        load_kw: dict[str, Any] = {"dtype": dtype}
+        if model_cfg.attn_implementation:
+            load_kw["attn_implementation"] = model_cfg.attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(model_path, **load_kw)
+        self.model_dtype = model.dtype
+        if settings.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=settings.gradient_checkpointing_kwargs
+            )
+            if model_cfg.use_peft:  # frozen embeddings: checkpointed blocks need inputs with grad
+                model.enable_input_require_grads()
+        self.ref_model = None
+        if model_cfg.use_peft:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(
+                r=model_cfg.lora_r,
+                lora_alpha=model_cfg.lora_alpha,
+                lora_dropout=model_cfg.lora_dropout,
+                target_modules=model_cfg.lora_target_modules or "all-linear",
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, lora)
+        elif settings.beta != 0.0:
+            # With LoRA the reference is the base model (adapters disabled); otherwise a frozen copy.
+            self.ref_model = AutoModelForCausalLM.from_pretrained(model_path, **load_kw).eval()
+            self.ref_model.requires_grad_(False)
+        model.train()
+        # dropout off, as TRL's disable_dropout: logps must be deterministic
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+
+        self.ds_config = build_ds_config(settings, self.world_size, ds_config)
+        self.zero_stage = int(self.ds_config["zero_optimization"].get("stage", 0))
+        params = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": settings.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=settings.learning_rate,
+            betas=(settings.adam_beta1, settings.adam_beta2),
+            eps=settings.adam_epsilon,
+        )
+        warmup = _warmup_steps(settings, total_steps)
+
+        def make_scheduler(opt: Any) -> Any:
+            return get_scheduler(
+                settings.lr_scheduler_type,
+                opt,
+                num_warmup_steps=warmup,
+                num_training_steps=total_steps,
+            )
+
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=make_scheduler, config=self.ds_config
+        )
+        if self.ref_model is not None:
+            self.ref_model.to(self.engine.device)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken (restored by load_checkpoint)."""
+        return self._step
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    def _base_model(self) -> torch.nn.Module:
+        m = self.engine.module
+        return m.get_base_model() if self.model_cfg.use_peft else m
+
+    # ------------------------------------------------------------------ training
+
+    def _ref_logps(self, mb: TrainBatch) -> torch.Tensor:
+        with torch.no_grad():
+            if self.model_cfg.use_peft:
+                with self.engine.module.disable_adapter():
+                    lp, _ = self._logps(self.engine, mb)
+            else:
+                assert self.ref_model is not None
+                lp, _ = self._logps(self.ref_model, mb)
+        return lp
+
+    def _logps(self, model: Any, mb: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return completion_logps(
+            model,
+            mb.input_ids,
+            mb.attention_mask,
+            mb.completion_length,
+            self.settings.temperature,
+            mb.position_ids,
+        )
+
+    def train_step(
+        self, batch: TrainBatch, num_items_in_batch: int | None = None
+    ) -> dict[str, float]:
+        """This rank's share of one optimizer step; returns TRL-named metrics reduced over ranks.
+
+        `batch` holds per_device_train_batch_size x gradient_accumulation_steps samples (this rank's
+        share). `num_items_in_batch`: loss tokens of the whole step over all ranks (dapo's
+        normaliser); computed here with an all-reduce when not given. Collective: every rank calls it.
+        """
+        import torch.distributed as dist
+
+        s = self.settings
+        gas = s.gradient_accumulation_steps
+        expected = s.per_device_train_batch_size * gas
+        if batch.size != expected:
+            raise ValueError(
+                f"train_step got {batch.size} samples but per_device_train_batch_size x gradient_accumulation_steps "
+                f"= {expected}: give each rank exactly its share of the step"
+            )
+        device = self.engine.device
+        batch = batch.to(device)
+        if num_items_in_batch is None:
+            n = torch.tensor(float(batch.num_loss_tokens), device=device)
+            dist.all_reduce(n)
+            num_items_in_batch = int(n.item())
+        lr = float(self.scheduler.get_last_lr()[0])
+        micro_sums: list[dict[str, tuple[float, float]]] = []
+        is_stats: list[dict[str, float]] = []
+        loss_total = 0.0
+        for mb in split_micro_batches(batch, gas):
+            logps, ent = self._logps(self.engine, mb)
+            mask = mb.completion_mask
+            is_ratio = None
+            if s.vllm_importance_sampling_correction:
+                # old logps == current logps (detached): each batch gets exactly one optimizer step
+                corr = importance_sampling_ratio(
+                    logps,
+                    mb.sampler_logprobs,
+                    mask,
+                    s.vllm_importance_sampling_mode,
+                    s.vllm_importance_sampling_clip_min,
+                    s.vllm_importance_sampling_clip_max,
+                )
+                is_ratio = corr.ratio
+                is_stats.append(corr.metrics)
+            out = grpo_loss(
+                logps,
+                mb.advantages,
+                mask,
+                loss_type=s.loss_type,
+                epsilon_low=s.epsilon,
+                epsilon_high=s.epsilon_upper,
+                beta=s.beta,
+                ref_logps=self._ref_logps(mb) if s.beta != 0.0 else None,
+                is_ratio=is_ratio,
+                entropies=ent,
+                max_completion_length=s.max_completion_length,
+                num_items_in_batch=num_items_in_batch,
+                num_processes=self.world_size,
+                gradient_accumulation_steps=gas,
+            )
+            # The loss is already normalised for accumulation (TRL's convention): no DeepSpeed rescale.
+            self.engine.backward(out.loss, scale_wrt_gas=False)
+            self.engine.step()
+            loss_total += float(out.loss.detach().item())
+            micro_sums.append(out.token_sums)
+        self._step += 1
+        grad_norm = self.engine.get_global_grad_norm()
+        return self._reduce_metrics(micro_sums, is_stats, loss_total, grad_norm, lr)
+
+    def _reduce_metrics(
+        self,
+        micro_sums: list[dict[str, tuple[float, float]]],
+        is_stats: list[dict[str, float]],
+        loss_total: float,
+        grad_norm: Any,
+        lr: float,
+    ) -> dict[str, float]:
+        """One all-reduce for everything: TRL's per-micro-batch global means, then their mean."""
+        import torch.distributed as dist
+
+        names = sorted(micro_sums[0])
+        sums = torch.tensor([[ms[n][0] for n in names] for ms in micro_sums], dtype=torch.float64)
+        counts = torch.tensor([[ms[n][1] for n in names] for ms in micro_sums], dtype=torch.float64)
+        is_names = sorted(is_stats[0]) if is_stats else []
+        is_vals = torch.tensor([[st[n] for n in is_names] for st in is_stats], dtype=torch.float64)
+        packed = torch.cat(
+            [sums.flatten(), counts.flatten(), torch.tensor([loss_total], dtype=torch.float64)]
+        )
+        # nccl reduces device tensors only; gloo is fine either way
+        dev = self.engine.device
+        packed = packed.to(dev)
+        dist.all_reduce(packed)
+        packed = packed.cpu()
+        k = sums.numel()
+        g_sums, g_counts = packed[:k].view_as(sums), packed[k : 2 * k].view_as(counts)
+        per_micro = g_sums / g_counts.clamp(min=1.0)
+        metrics = {n: float(per_micro[:, i].mean()) for i, n in enumerate(names)}
+        metrics["loss"] = float(packed[-1]) / self.world_size
+        if is_names:
+            # min of minima, mean of means, max of maxima over micro-batches and ranks (TRL's gather)
+            is_vals = is_vals.to(dev)
+            gathered = [torch.zeros_like(is_vals) for _ in range(self.world_size)]
+            dist.all_gather(gathered, is_vals)
+            allv = torch.cat(gathered).cpu()
+            for i, n in enumerate(is_names):
+                col = allv[:, i]
+                metrics[n] = float(
+                    col.min()
+                    if n.endswith("/min")
+                    else col.max()
+                    if n.endswith("/max")
+                    else col.mean()
+                )
+        gn = grad_norm.item() if isinstance(grad_norm, torch.Tensor) else grad_norm
+        metrics["grad_norm"] = float(gn) if gn is not None else float("nan")
+        metrics["learning_rate"] = lr
+        return metrics
+
+    # ------------------------------------------------------------------ weights out
+
+    def _export_plan(self) -> list[tuple[str, list[torch.nn.Parameter], Any]]:
+        """(hf_name, params to gather, how to build the full tensor) for every exported weight."""
+        plan: list[tuple[str, list[torch.nn.Parameter], Any]] = []
+        module = self.engine.module
+        if not self.model_cfg.use_peft:
+            for name, p in module.named_parameters():
+                plan.append((name, [p], None))
+            return plan
+        from peft.tuners.lora import LoraLayer
+
+        handled: set[int] = set()
+        for mod_name, mod in module.named_modules():
+            if (
+                isinstance(mod, LoraLayer)
+                and hasattr(mod, "base_layer")
+                and "default" in mod.lora_A
+            ):
+                base = mod.base_layer
+                a, b = mod.lora_A["default"].weight, mod.lora_B["default"].weight
+                scale = float(mod.scaling["default"])
+                hf = mod_name.removeprefix(_LORA_PREFIX)
+                plan.append(
+                    (
+                        f"{hf}.weight",
+                        [base.weight, a, b],
+                        lambda w, a_, b_, sc=scale: w + (b_ @ a_) * sc,
+                    )
+                )
+                handled.update({id(base.weight), id(a), id(b)})
+                if getattr(base, "bias", None) is not None:
+                    plan.append((f"{hf}.bias", [base.bias], None))
+                    handled.add(id(base.bias))
+        for name, p in module.named_parameters():
+            if id(p) in handled or "lora_" in name:
+                continue
+            plan.append((name.removeprefix(_LORA_PREFIX).replace(".base_layer", ""), [p], None))
+        return plan
+
+    def iter_named_params_for_sync(
+        self, bucket_bytes: int = 1 << 30
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full weights with HF/vLLM names in the model dtype, in buckets of about `bucket_bytes`.
+
+        Collective under ZeRO-3 (parameters are gathered bucket by bucket): EVERY rank must iterate
+        it to the end. Only rank 0 receives tensors (CPU, owned by the caller); other ranks get none.
+        With LoRA the adapters are merged into the base weights.
+        """
+        import deepspeed
+
+        plan = self._export_plan()
+        zero3 = self.zero_stage == 3
+        buckets: list[list[tuple[str, list[torch.nn.Parameter], Any]]] = [[]]
+        size = 0
+        for item in plan:
+            params = item[1]
+            nbytes = sum((p.ds_numel if zero3 else p.numel()) * p.element_size() for p in params)
+            if buckets[-1] and size + nbytes > bucket_bytes:
+                buckets.append([])
+                size = 0
+            buckets[-1].append(item)
+            size += nbytes
+        for bucket in buckets:
+            params = [p for _, ps, _ in bucket for p in ps]
+            ctx = (
+                deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+                if zero3
+                else contextlib.nullcontext()
+            )
+            out: list[tuple[str, torch.Tensor]] = []
+            with ctx, torch.no_grad():
+                if self.rank == 0:
+                    for name, ps, build in bucket:
+                        t = build(*[p.data for p in ps]) if build else ps[0].data
+                        # clone: under ZeRO-3 the gathered storage is released when the bucket closes
+                        out.append((name, t.detach().to("cpu", self.model_dtype).clone()))
+            # Yield after the bucket is released: the next gather starts only when the caller asks.
+            yield from out
+
+    def save_hf(self, path: str) -> None:
+        """Rank 0 writes an HF model folder (merged weights, config, tokenizer). Collective."""
+        import torch.distributed as dist
+
+        state = dict(self.iter_named_params_for_sync())
+        if self.rank == 0:
+            from safetensors.torch import save_file
+
+            os.makedirs(path, exist_ok=True)
+            base = self._base_model()
+            base.config.save_pretrained(path)
+            if getattr(base, "generation_config", None) is not None:
+                base.generation_config.save_pretrained(path)
+            save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(path, "model.safetensors"),
+                      metadata={"format": "pt"})  # fmt: skip
+            self.tokenizer.save_pretrained(path)
+        dist.barrier()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, path: str, client_state: dict[str, Any]) -> None:
+        """Model, optimizer, scheduler (DeepSpeed), step, per-rank RNG, and `client_state`. Collective."""
+        import torch.distributed as dist
+
+        state = {"client_state": dict(client_state), "engine_step": self._step}
+        self.engine.save_checkpoint(path, tag=_CKPT_TAG, client_state=state)
+        rng = {
+            "python": random.getstate(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        try:
+            import numpy as np
+
+            rng["numpy"] = np.random.get_state()
+        except ImportError:  # numpy is optional for the engine itself
+            pass
+        torch.save(rng, os.path.join(path, _RNG_FILE.format(rank=self.rank)))
+        dist.barrier()
+
+    def load_checkpoint(self, path: str) -> dict[str, Any]:
+        """Restore everything save_checkpoint wrote; returns its `client_state`. Collective."""
+        if not os.path.isdir(os.path.join(path, _CKPT_TAG)):
+            raise FileNotFoundError(
+                f"no engine checkpoint in {path} (expected the folder {path}/{_CKPT_TAG})"
+            )
+        load_path, state = self.engine.load_checkpoint(
+            path, tag=_CKPT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path}")
+        self._step = int(state["engine_step"])
+        rng_file = os.path.join(path, _RNG_FILE.format(rank=self.rank))
+        if os.path.isfile(rng_file):
+            rng = torch.load(rng_file, weights_only=False)
+            random.setstate(rng["python"])
+            torch.set_rng_state(rng["torch"])
+            if rng.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            if "numpy" in rng:
+                import numpy as np
+
+                np.random.set_state(rng["numpy"])
+        return dict(state["client_state"])

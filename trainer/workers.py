@@ -1,0 +1,198 @@
+"""Ray actors for the roles the driver places: trainer processes and sampler replicas.
+
+Owns: process-level plumbing for each role: a `TrainerWorker` is one rank of the DeepSpeed process
+group (it sets the torch.distributed env, builds the `PolicyEngine`, and on rank 0 owns the weight
+pusher); a `SamplerReplica` runs one `python -m sampler` server process on its node and reports its
+URL. Does not know: GRPO math (engine/loss), rollout scheduling (orchestrator), the run loop (driver).
+Ray is imported by the driver; these classes are wrapped with `ray.remote` there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Environment a child role inherits from AML/torchrun that would confuse its own process group.
+TORCH_ENV_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                  "GROUP_RANK", "ROLE_RANK", "NODE_RANK", "TORCHELASTIC_RUN_ID")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def node_ip() -> str:
+    """This node's address as other nodes see it (loopback on a one-machine run)."""
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
+    except Exception:  # Ray not initialised in this process: a local run
+        return "127.0.0.1"
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the actor process dies, so no orphan servers."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class TrainerWorker:
+    """One trainer rank. Methods are collective: the driver calls them on every rank at once."""
+
+    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
+                 settings: dict, model_cfg: dict, total_steps: int, backend: str, timeout_s: float):
+        for k in TORCH_ENV_VARS:
+            os.environ.pop(k, None)
+        os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        import datetime
+
+        import torch.distributed as dist
+
+        from trainer.config import GRPOSettings, ModelConfig
+        from trainer.engine import PolicyEngine
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
+                                    timeout=datetime.timedelta(seconds=timeout_s))
+        self.rank, self.world_size = rank, world_size
+        self.settings = GRPOSettings.model_validate(settings)
+        self.engine = PolicyEngine(model_path, self.settings, ModelConfig.model_validate(model_cfg), total_steps)
+        self.pad_token_id = self.engine.tokenizer.pad_token_id
+        self.pusher = None
+        self._loop = asyncio.new_event_loop()
+
+    def ready(self) -> int:
+        return self.rank
+
+    def train_step(self, samples: list, num_items_in_batch: int) -> dict[str, float]:
+        from trainer.batch import collate
+
+        batch = collate(samples, self.pad_token_id, mask_truncated_completions=self.settings.mask_truncated_completions)
+        return self.engine.train_step(batch, num_items_in_batch=num_items_in_batch)
+
+    def setup_pusher(self, urls: list[str], api_key: str | None, admin_key: str, transport: str,
+                     bucket_bytes: int, timeout_s: float, shared_dir: str | None) -> None:
+        if self.rank != 0:
+            return
+        from sampler.client import SamplerClient, make_weight_pusher
+
+        self.client = SamplerClient(urls, api_key=api_key, admin_key=admin_key)
+        self.pusher = make_weight_pusher(transport, self.client, bucket_bytes=bucket_bytes, timeout_s=timeout_s,
+                                         shared_dir=shared_dir)
+
+    def set_sampler_urls(self, urls: list[str]) -> None:
+        if self.rank == 0:
+            self.client.set_urls(urls)
+
+    def push_weights(self, version: int, bucket_bytes: int, urls: list[str] | None = None) -> dict[str, float]:
+        """Collective: every rank walks the (ZeRO-gathered) parameters; rank 0 sends them."""
+        it = self.engine.iter_named_params_for_sync(bucket_bytes)
+        if self.rank != 0:
+            for _ in it:
+                pass
+            return {}
+        t0 = time.perf_counter()
+        stats = self._loop.run_until_complete(self.pusher.push(it, version, urls=urls))
+        return {"timing/weight_sync_s": time.perf_counter() - t0, **{f"weight_sync/{k}": float(v) for k, v in (stats or {}).items()}}
+
+    def save_checkpoint(self, path: str, client_state: dict) -> None:
+        self.engine.save_checkpoint(path, client_state)
+
+    def load_checkpoint(self, path: str) -> dict:
+        return self.engine.load_checkpoint(path)
+
+    def save_hf(self, path: str) -> None:
+        self.engine.save_hf(path)
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if self.pusher is not None:
+            self._loop.run_until_complete(self.pusher.aclose())
+            self._loop.run_until_complete(self.client.aclose())
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class SamplerReplica:
+    """Runs one sampler server process (`python -m sampler`) on this node."""
+
+    def __init__(self, index: int, model_path: str, sampler_args: list[str], host: str, api_key: str | None,
+                 admin_key: str, log_dir: str, env: dict[str, str] | None = None):
+        self.index, self.model_path, self.args = index, model_path, sampler_args
+        self.host, self.api_key, self.admin_key = host, api_key, admin_key
+        self.log_dir = Path(log_dir)
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.url: str | None = None
+        self.restarts = -1
+
+    def start(self, timeout_s: float = 600.0) -> str:
+        """(Re)start the server and return its URL once /health says it is ready."""
+        self.stop()
+        port = free_port("127.0.0.1" if self.host in ("127.0.0.1", "localhost") else "0.0.0.0")
+        env = {k: v for k, v in os.environ.items() if k not in TORCH_ENV_VARS}
+        env.update({"OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"), **self.env})
+        if self.api_key:
+            env["SAMPLER_API_KEY"] = self.api_key
+        env["SAMPLER_ADMIN_KEY"] = self.admin_key
+        cmd = [sys.executable, "-m", "sampler", "--model", self.model_path, "--host", self.host, "--port", str(port),
+               *self.args]
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.restarts += 1
+        logf = open(self.log_dir / f"sampler-{self.index}.log", "ab")  # noqa: SIM115 (owned by the child)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        advertised = node_ip() if self.host not in ("127.0.0.1", "localhost") else "127.0.0.1"
+        self.url = f"http://{advertised}:{port}"
+        self._wait_healthy(timeout_s)
+        return self.url
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sampler replica {self.index} exited with code {self.proc.returncode} while "
+                                   f"starting; see {self.log_dir / f'sampler-{self.index}.log'}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass  # not listening yet
+            time.sleep(0.25)  # polling a subprocess we do not control; bounded by the deadline
+        raise TimeoutError(f"sampler replica {self.index} not healthy after {timeout_s:.0f}s at {self.url}")
+
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def info(self) -> dict[str, Any]:
+        return {"index": self.index, "url": self.url, "pid": self.pid(), "alive": self.alive(), "restarts": self.restarts}
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
