@@ -26,7 +26,10 @@ def test_tracker_logs_and_final_model_answers_chat(tmp_path, tiny_model_dir):
     t.end()
 
     client = mlflow.MlflowClient(tracking_uri=uri)
-    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "reward")] == [(1, 0.5), (2, 0.75)]
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "reward")] == [
+        (1, 0.5),
+        (2, 0.75),
+    ]
     assert client.get_metric_history(run_id, "bad") == []  # NaN is skipped, not logged as garbage
     assert "completions" in {a.path for a in client.list_artifacts(run_id)}
     # a resumed tracker continues the same run
@@ -37,7 +40,9 @@ def test_tracker_logs_and_final_model_answers_chat(tmp_path, tiny_model_dir):
 
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(model_uri)
-    reply = model.predict({"messages": [{"role": "user", "content": "Reply with digits only."}], "max_tokens": 8})
+    reply = model.predict(
+        {"messages": [{"role": "user", "content": "Reply with digits only."}], "max_tokens": 8}
+    )
     reply = reply[0] if isinstance(reply, list) else reply
     content = reply["choices"][0]["message"]["content"]
     assert isinstance(content, str) and reply["choices"][0]["message"]["role"] == "assistant"
