@@ -235,6 +235,13 @@ class Run:
         if not self.resume and latest_checkpoint(self.out) is not None:
             raise ConfigError(f"trainer.output_dir {self.out} already holds checkpoints: pass --resume to continue "
                               "that run, or choose another output_dir")
+        from rewards.registry import resolve_reward
+
+        for name in t.reward_funcs:  # fail before anything starts, naming the setting
+            try:
+                resolve_reward(name, max_completion_length=t.max_completion_length)
+            except (ValueError, ImportError) as e:
+                raise ConfigError(f"trainer.reward_funcs: {e}") from None
         model_path = self.prepare_model()
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         train_prompts, eval_prompts = self.prepare_prompts(tokenizer)
