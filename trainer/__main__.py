@@ -37,13 +37,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_config(a.config, _parse_set(a.set))
-        return run(cfg, resume="auto" if a.auto_resume else a.resume)
+        rc = run(cfg, resume="auto" if a.auto_resume else a.resume)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: all roles were shut down", file=sys.stderr)
-        return 130
+    if rc > 128:
+        print(f"interrupted (signal {rc - 128}): all roles were shut down", file=sys.stderr)
+    return rc
 
 
 if __name__ == "__main__":

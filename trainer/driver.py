@@ -418,11 +418,32 @@ def _nanmean(vals: list) -> float:
 
 
 def run(cfg: RunConfig, resume: bool | str = False) -> int:
+    """Run the pipeline; on SIGINT/SIGTERM stop, shut every role down, and return 128 + signal."""
+    import signal
+
     r = Run(cfg, resume)
 
     async def main() -> int:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        stopped: list[signal.Signals] = []
+
+        def on_signal(sig: signal.Signals) -> None:
+            if stopped:  # a second Ctrl-C must not abort the teardown half-way
+                log.warning("%s again: still shutting down every role, please wait", sig.name)
+                return
+            stopped.append(sig)
+            log.warning("%s: stopping the run and shutting every role down", sig.name)
+            task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
         try:
             return await r.run_async()
+        except asyncio.CancelledError:
+            if stopped:
+                return 128 + stopped[0]
+            raise
         finally:
             await r.shutdown()
 

@@ -30,6 +30,10 @@ from trainer.types import ScoredSample
 
 log = logging.getLogger(__name__)
 
+# Over-sampling rounds per step when zero-variance groups are filtered, before filtered groups
+# are used to fill the batch (a task with no signal anywhere must not stall the run).
+MAX_OVERSAMPLE_ROUNDS = 4
+
 
 @dataclass
 class Group:
@@ -39,6 +43,7 @@ class Group:
     policy_version: int
     generate_s: float
     reward_s: float
+    zero_std: bool = False  # every completion got the same reward: no learning signal
 
 
 @dataclass
@@ -158,17 +163,28 @@ class Orchestrator:
 
     async def _collect_groups(self, step: int, picks: list[tuple[int, int]]) -> list[Group]:
         need = self.s.prompts_per_step
-        results: list[Group | None] = await asyncio.gather(*[self._one_group(pos, idx, step) for pos, idx in picks])
-        groups = [g for g in results if g is not None]
-        while len(groups) < need:  # zero-variance groups were filtered: over-sample from the cursor
-            extra = self.cursor.take(need - len(groups))
+        groups = list(await asyncio.gather(*[self._one_group(pos, idx, step) for pos, idx in picks]))
+        if not self.s.filter_zero_std_groups:
+            return groups
+        useful = [g for g in groups if not g.zero_std]
+        filtered = [g for g in groups if g.zero_std]
+        rounds = 0
+        while len(useful) < need and rounds < MAX_OVERSAMPLE_ROUNDS:  # over-sample from the cursor
+            rounds += 1
+            extra = self.cursor.take(need - len(useful))
             self._end_positions[step] = max(self._end_positions[step], self.cursor.position)
             more = await asyncio.gather(*[self._one_group(pos, idx, step) for pos, idx in extra])
-            groups += [g for g in more if g is not None]
-        groups.sort(key=lambda g: g.position)
-        return groups
+            useful += [g for g in more if not g.zero_std]
+            filtered += [g for g in more if g.zero_std]
+        self.counters["zero_std_groups_filtered"] += len(filtered)
+        if len(useful) < need:  # no signal anywhere: train on some filtered groups (advantage 0) rather than stall
+            filler = sorted(filtered, key=lambda g: g.position)[: need - len(useful)]
+            self.counters["zero_std_groups_kept"] += len(filler)
+            self.counters["zero_std_groups_filtered"] -= len(filler)
+            useful += filler
+        return sorted(useful[:need], key=lambda g: g.position)
 
-    async def _one_group(self, position: int, index: int, step: int) -> Group | None:
+    async def _one_group(self, position: int, index: int, step: int) -> Group:
         prompt = self.prompts[index]
         min_version = step - self.s.max_staleness
         while True:
@@ -178,15 +194,13 @@ class Orchestrator:
                 t1 = time.perf_counter()
             if res.policy_version < min_version:
                 self.counters["stale_groups_dropped"] += 1
-                log.info("dropped a group of prompt %s: version %d < %d; re-issuing", prompt.id, res.policy_version, min_version)
+                log.info("dropped a group of prompt %s: version %d < %d; re-issuing", prompt.id, res.policy_version,
+                         min_version)
                 continue
             samples = await self._score(prompt, res)
             t2 = time.perf_counter()
-            scored = [s.reward for s in samples if not math.isnan(s.reward)]
-            if self.s.filter_zero_std_groups and len(set(scored)) <= 1:
-                self.counters["zero_std_groups_filtered"] += 1
-                return None
-            return Group(position, prompt, samples, res.policy_version, t1 - t0, t2 - t1)
+            scored = {s.reward for s in samples if not math.isnan(s.reward)}
+            return Group(position, prompt, samples, res.policy_version, t1 - t0, t2 - t1, zero_std=len(scored) <= 1)
 
     async def _score(self, prompt: Prompt, res: Any) -> list[ScoredSample]:
         comps = res.completions

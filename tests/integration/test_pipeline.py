@@ -265,3 +265,72 @@ def test_stale_groups_are_dropped_counted_and_reissued(tmp_path):
     metrics = _jsonl(out / "metrics.jsonl")
     assert metrics[-1]["rollout/stale_groups_dropped"] > 0
     assert [i for r in trained for i in r["prompt_ids"]] == _expected_prompt_ids(6, 4)
+
+
+def test_zero_variance_groups_are_filtered_and_counted(tmp_path):
+    """With filtering on and a reward that gives no signal (the seed's strict format reward on a
+    random tiny model scores 0 everywhere), groups are filtered, over-sampled, counted, and the run
+    still finishes instead of stalling."""
+    out = tmp_path / "run"
+    _run(out, "pipeline.filter_zero_std_groups=true", "trainer.reward_funcs=[format]", "trainer.max_steps=2",
+         "trainer.eval_steps=null", "trainer.save_steps=100", "pipeline.max_staleness=0")
+    m = _jsonl(out / "metrics.jsonl")[-1]
+    assert m["rollout/zero_std_groups_filtered"] >= 4 and m["rollout/zero_std_groups_kept"] == 8
+    trained = _jsonl(out / "trained_prompts.jsonl")
+    assert [len(r["prompt_ids"]) for r in trained] == [4, 4]
+
+
+def test_ctrl_c_shuts_every_role_down(tmp_path):
+    """SIGINT to the driver: exit 130, sampler servers and Ray processes of the run are gone."""
+    out = tmp_path / "run"
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "w") as logf:  # a file, not a pipe: nobody reads it while the driver runs
+        proc = subprocess.Popen(_cmd(out, "trainer.max_steps=500", "trainer.eval_steps=null"), cwd=REPO, env=_env(),
+                                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: (out / "metrics.jsonl").exists() and len(_jsonl(out / "metrics.jsonl")) >= 2, 480,
+                  "step 2", proc)
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    err = log_path.read_text()
+    assert proc.returncode == 130, err[-4000:]
+    assert "interrupted" in err and "Traceback" not in err, err[-4000:]
+    _no_leftover_servers(out)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _session_members(proc.pid):
+        time.sleep(0.5)  # Ray's own processes exit asynchronously after ray.shutdown(); bounded wait
+    assert not _session_members(proc.pid), _session_members(proc.pid)
+
+
+def _session_members(sid: int) -> list[str]:
+    """Live (non-zombie) processes of the driver's session, as 'pid cmd'."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, session = fields[0], int(fields[3])
+        if session == sid and state != "Z":
+            out.append(f"{stat.parent.name} {(stat.parent / 'cmdline').read_bytes()[:120]!r}")
+    return out
+
+
+def test_medmcqa_seed_setup_runs_on_the_tiny_model(tmp_path):
+    """configs/medmcqa_tiny.yaml (the seed's accuracy 0.8 + format 0.2 on the shared MedMCQA sample)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "trainer", "--config", str(REPO / "configs" / "medmcqa_tiny.yaml"),
+           "--set", f"trainer.output_dir={out}", "--set", "mlflow.log_model=false"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    metrics = _jsonl(out / "metrics.jsonl")
+    assert len(metrics) == 4
+    assert {"rewards/accuracy/mean", "rewards/format/mean"} <= set(metrics[-1])
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments() if e.name == "grpo-service"])
+    assert client.get_metric_history(run.info.run_id, "eval_rewards/accuracy/mean")
