@@ -79,3 +79,24 @@ class SamplerConfig(BaseModel):
     request_timeout_s: float = Field(
         600, gt=0, description="Client-side timeout of one grouped request."
     )
+    served_model_name: str | None = Field(
+        None,
+        description="Model name on the OpenAI routes (`model` field); default: the model folder's name.",
+    )
+    logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = Field(
+        "processed_logprobs",
+        description="Which logprobs vLLM returns: after temperature/top-k/top-p (TRL's choice: unbiased "
+        "importance sampling) or of the raw model logits.",
+    )
+    update_drain_timeout_s: float = Field(
+        60,
+        gt=0,
+        description="How long a weight update waits for in-flight requests to finish on the old "
+        "weights; requests still running then are aborted and re-run on the new weights (and "
+        "labelled with the new version).",
+    )
+    weight_update_timeout_s: float = Field(
+        300,
+        gt=0,
+        description="Timeout of one weight transfer (process-group rendezvous and each broadcast).",
+    )

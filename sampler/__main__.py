@@ -1,0 +1,140 @@
+"""`python -m sampler`: serve one sampler replica (vLLM AsyncLLM behind FastAPI/uvicorn).
+
+Owns: command-line parsing, the security checks on bind address and keys, startup logging of the
+URL once the engine can serve. Does not know: routes or generation (see `api.py`, `serving.py`).
+
+    python -m sampler --model DIR [--host 127.0.0.1] [--port 8000] [--api-key K] [--admin-key K2]
+                      [--tensor-parallel-size N] [--dtype float32] [--config run.yaml]
+
+Keys may also come from SAMPLER_API_KEY / SAMPLER_ADMIN_KEY (keeps them out of `ps`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+
+from sampler.config import SamplerConfig
+
+log = logging.getLogger("sampler")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_config(path: str | None) -> SamplerConfig:
+    """The `sampler:` section of a run YAML (or a bare sampler mapping); defaults without a file."""
+    if path is None:
+        return SamplerConfig()
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    section = raw.get("sampler", raw) if isinstance(raw, dict) else None
+    if not isinstance(section, dict):
+        raise ValueError(f"{path}: expected a mapping with a 'sampler:' section")
+    return SamplerConfig.model_validate(section)
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, SamplerConfig]:
+    p = argparse.ArgumentParser(
+        prog="python -m sampler", description="Serve a vLLM sampler replica."
+    )
+    p.add_argument("--model", required=True, help="Hugging Face model folder")
+    p.add_argument("--config", help="run YAML with a 'sampler:' section (command-line flags win)")
+    p.add_argument("--host", help="bind address (default 127.0.0.1; others need --api-key)")
+    p.add_argument("--port", type=int, help="port (default 8000; 0 is not allowed here)")
+    p.add_argument("--api-key", help="bearer token for generation routes (or SAMPLER_API_KEY)")
+    p.add_argument("--admin-key", help="bearer token for weight updates (or SAMPLER_ADMIN_KEY)")
+    p.add_argument("--tensor-parallel-size", type=int)
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--kv-cache-memory-bytes", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--served-model-name")
+    p.add_argument(
+        "--initial-version", type=int, default=0, help="policy version of the loaded weights"
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    a = p.parse_args(argv)
+    try:
+        cfg = load_config(a.config)
+        overrides = {
+            "host": a.host,
+            "port": a.port,
+            "api_key": a.api_key or os.environ.get("SAMPLER_API_KEY"),
+            "admin_key": a.admin_key or os.environ.get("SAMPLER_ADMIN_KEY"),
+            "tensor_parallel_size": a.tensor_parallel_size,
+            "dtype": a.dtype,
+            "max_model_len": a.max_model_len,
+            "kv_cache_memory_bytes": a.kv_cache_memory_bytes,
+            "seed": a.seed,
+            "served_model_name": a.served_model_name,
+        }
+        cfg = SamplerConfig.model_validate(
+            {**cfg.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+        )
+    except Exception as e:  # pydantic / yaml / file errors: one clear line, exit 2
+        p.error(str(e))
+    if not (Path(a.model) / "config.json").is_file():
+        p.error(f"--model {a.model}: not a Hugging Face model folder (no config.json)")
+    if not is_loopback(cfg.host) and not cfg.api_key:
+        p.error(
+            f"--host {cfg.host} is not loopback: refusing to serve without --api-key (or SAMPLER_API_KEY)"
+        )
+    if a.port is None and cfg.port == 0:
+        cfg = cfg.model_copy(update={"port": 8000})
+    if cfg.port == 0:
+        p.error("--port 0 is not supported: pick a port (clients need to know it)")
+    return a, cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    a, cfg = parse_args(argv)
+    logging.basicConfig(
+        level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    import uvicorn
+
+    from sampler.api import build_app
+    from sampler.engine import build_engine
+    from sampler.serving import SamplerService
+
+    model_name = cfg.served_model_name or Path(a.model).resolve().name
+    url = f"http://{cfg.host}:{cfg.port}"
+
+    async def start() -> SamplerService:
+        engine = build_engine(a.model, cfg)
+        svc = SamplerService(engine, cfg, model_name, initial_version=a.initial_version)
+        await svc.check_health()
+        # One line a launcher or a person can wait for.
+        print(f"sampler ready at {url} (model {model_name}, version {svc.version})", flush=True)
+        return svc
+
+    async def stop(svc: SamplerService) -> None:
+        svc.engine.shutdown()
+
+    if cfg.admin_key is None:
+        log.warning("no --admin-key: weight-update routes are disabled")
+    app = build_app(
+        start=start,
+        stop=stop,
+        api_key=cfg.api_key,
+        admin_key=cfg.admin_key,
+        max_body_bytes=cfg.limits.max_body_bytes,
+    )
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=a.log_level, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

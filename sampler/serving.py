@@ -1,0 +1,464 @@
+"""Serving logic of one sampler replica: generation, policy versions, weight updates, metrics.
+
+Owns: `SamplerService`, which receives a running engine (vLLM `AsyncLLM`) and turns validated
+protocol objects into engine calls; the admission gate that makes version labels exact; request
+bounds that depend on the model/config; Prometheus metrics. Does not know: HTTP/FastAPI (routes
+live in `api.py`), how the engine was built (`engine.py`), the wire format of weight buckets
+(`weight_sync.py`).
+
+Versioning rule (why labels are exact): every request is admitted through a gate and records the
+version at admission. An update closes the gate, waits until no admitted request is running (or,
+after `update_drain_timeout_s`, aborts the stragglers, which are then re-run after the update and
+labelled with the new version), loads, bumps the version and reopens the gate. So no request
+ever runs while the weights change, and every result carries the version that produced it. A
+failed load leaves the weights undefined: the replica then reports unhealthy and refuses work
+until a later update succeeds, rather than serve under a wrong label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from sampler.config import SamplerConfig
+from sampler.metrics import SamplerMetrics
+from sampler.protocol import (
+    GlooUpdateRequest,
+    Group,
+    GroupedCompletion,
+    GroupedRequest,
+    GroupedResponse,
+    PathUpdateRequest,
+    SamplingFields,
+    UpdateResponse,
+)
+
+log = logging.getLogger(__name__)
+MAX_RERUNS = 3
+
+
+class RequestError(Exception):
+    """A client error: `status` (4xx/503) and a message that names the field and the fix."""
+
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+
+
+class _Preempted(Exception):
+    """A request aborted by a weight update's drain timeout; it is re-run on the new weights."""
+
+
+class SamplerService:
+    def __init__(
+        self,
+        engine: Any,
+        cfg: SamplerConfig,
+        model_name: str,
+        *,
+        initial_version: int = 0,
+        metrics: SamplerMetrics | None = None,
+    ) -> None:
+        self.engine = engine
+        self.cfg = cfg
+        self.limits = cfg.limits
+        self.model_name = model_name
+        mc = engine.model_config
+        self.max_model_len: int = int(mc.max_model_len)
+        self.vocab_size: int = int(mc.get_vocab_size())
+        self.tokenizer = engine.get_tokenizer()
+        self.version = initial_version
+        self.instance_id = uuid.uuid4().hex
+        self.updating = False
+        self.broken: str | None = None
+        self.metrics = metrics or SamplerMetrics()
+        self.metrics.policy_version.set(initial_version)
+        self.metrics.queue_depth.set_function(self._queue_depth)
+        self._inflight = 0
+        self._engine_ids: set[str] = set()
+        self._preempted: set[str] = set()
+        self._open = asyncio.Event()
+        self._open.set()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._update_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ health / metrics
+    def _queue_depth(self) -> float:
+        try:
+            return float(self.engine.get_num_unfinished_requests())
+        except Exception:  # engine gone: the gauge must not break /metrics
+            return float(self._inflight)
+
+    async def check_health(self) -> None:
+        """Raises RequestError(503) unless the engine can serve."""
+        if self.broken:
+            raise RequestError(503, f"replica unhealthy: {self.broken}; push weights again")
+        try:
+            await self.engine.check_health()
+        except Exception as e:
+            raise RequestError(503, f"engine is not healthy: {e}") from e
+
+    # ------------------------------------------------------------------ admission gate
+    async def _enter(self) -> int:
+        while not self._open.is_set():
+            await self._open.wait()
+        if self.broken:
+            raise RequestError(503, f"replica unhealthy: {self.broken}; push weights again")
+        self._inflight += 1
+        self._drained.clear()
+        return self.version
+
+    def _exit(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._drained.set()
+
+    # ------------------------------------------------------------------ validation
+    def check_sampling(self, req: SamplingFields, n_prompts: int, max_tokens: int) -> None:
+        lim = self.limits
+        if req.n > lim.max_n:
+            raise RequestError(
+                400, f"n={req.n} exceeds this server's limit max_n={lim.max_n}; lower n", "n"
+            )
+        if max_tokens > lim.max_tokens:
+            raise RequestError(
+                400,
+                f"max_tokens={max_tokens} exceeds this server's limit max_tokens={lim.max_tokens}; lower it",
+                "max_tokens",
+            )
+        if n_prompts > lim.max_prompts_per_request:
+            raise RequestError(
+                400,
+                f"{n_prompts} prompts exceed this server's limit max_prompts_per_request="
+                f"{lim.max_prompts_per_request}; split the batch",
+                "prompts",
+            )
+
+    def check_prompt(self, ids: list[int], max_tokens: int, param: str) -> None:
+        if not ids:
+            raise RequestError(400, f"{param} is empty: give at least one token", param)
+        limit = self.limits.max_prompt_tokens or self.max_model_len
+        if len(ids) > limit:
+            which = (
+                "this server's limit max_prompt_tokens"
+                if self.limits.max_prompt_tokens
+                else "the model's context length"
+            )
+            raise RequestError(400, f"{param} has {len(ids)} tokens; {which} is {limit}", param)
+        if len(ids) + max_tokens > self.max_model_len:
+            raise RequestError(
+                400,
+                f"{param} ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's context "
+                f"length {self.max_model_len}; shorten the prompt or lower max_tokens",
+                param,
+            )
+        bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise RequestError(
+                400,
+                f"{param} contains token id {bad}, outside the vocabulary [0, {self.vocab_size})",
+                param,
+            )
+
+    def sampling_params(
+        self,
+        req: SamplingFields,
+        max_tokens: int,
+        *,
+        logprobs: int | None,
+        stream: bool,
+        **extra: Any,
+    ) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        try:
+            return self._make_params(
+                SamplingParams, RequestOutputKind, req, max_tokens, logprobs, stream, extra
+            )
+        except client_errors() as e:  # vLLM's own checks (e.g. stop strings)
+            raise RequestError(400, f"invalid sampling settings: {e}") from e
+
+    @staticmethod
+    def _make_params(
+        SamplingParams: Any,
+        RequestOutputKind: Any,
+        req: SamplingFields,
+        max_tokens: int,
+        logprobs: int | None,
+        stream: bool,
+        extra: dict,
+    ) -> Any:
+        return SamplingParams(
+            n=req.n,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k if req.top_k not in (None, 0) else -1,
+            min_p=req.min_p or 0.0,
+            repetition_penalty=req.repetition_penalty,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            seed=req.seed,
+            max_tokens=max_tokens,
+            logprobs=logprobs,
+            # CUMULATIVE lets streams compute deltas for any n; FINAL_ONLY is cheaper otherwise.
+            output_kind=RequestOutputKind.CUMULATIVE if stream else RequestOutputKind.FINAL_ONLY,
+            **extra,
+        )
+
+    # ------------------------------------------------------------------ engine calls
+    async def _run(
+        self, prompt_ids: list[int], params: Any, on_output: Callable | None = None
+    ) -> Any:
+        """One engine request to completion; returns the final RequestOutput."""
+        rid = uuid.uuid4().hex
+        self._engine_ids.add(rid)
+        final = None
+        try:
+            async for out in self.engine.generate({"prompt_token_ids": prompt_ids}, params, rid):
+                final = out
+                if on_output is not None:
+                    await on_output(out)
+        except client_errors() as e:  # vLLM's input checks: client input it rejected
+            raise RequestError(400, f"the engine rejected the request: {e}") from e
+        finally:
+            self._engine_ids.discard(rid)
+        preempted = rid in self._preempted
+        self._preempted.discard(rid)
+        if preempted or final is None or any(c.finish_reason == "abort" for c in final.outputs):
+            raise _Preempted(rid)
+        return final
+
+    async def run_admitted(self, work: Callable[[], Awaitable[Any]]) -> tuple[Any, int]:
+        """Run `work` inside the gate; re-run it (new version) if an update preempted it."""
+        for _attempt in range(MAX_RERUNS):
+            version = await self._enter()
+            try:
+                return await work(), version
+            except _Preempted:
+                self.metrics.reruns.inc()
+                log.info("request preempted by a weight update; re-running on the new weights")
+            finally:
+                self._exit()
+        raise RequestError(
+            503, f"request preempted by {MAX_RERUNS} consecutive weight updates; retry"
+        )
+
+    # ------------------------------------------------------------------ grouped route
+    async def generate_grouped(self, req: GroupedRequest) -> GroupedResponse:
+        self.check_sampling(req, len(req.prompts), req.max_tokens)
+        for i, p in enumerate(req.prompts):
+            self.check_prompt(p, req.max_tokens, f"prompts[{i}]")
+        extra = {"stop_token_ids": req.stop_token_ids} if req.stop_token_ids else {}
+        params = self.sampling_params(req, req.max_tokens, logprobs=0, stream=False, **extra)
+        t0 = time.perf_counter()
+
+        async def work() -> list[Any]:
+            return await asyncio.gather(*(self._run(p, params) for p in req.prompts))
+
+        outs, version = await self.run_admitted(work)
+        groups = []
+        n_tokens = 0
+        for prompt, out in zip(req.prompts, outs, strict=True):
+            comps = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                ids = list(c.token_ids)
+                n_tokens += len(ids)
+                comps.append(
+                    GroupedCompletion(
+                        token_ids=ids,
+                        logprobs=sampled_logprobs(ids, c.logprobs),
+                        finish_reason=c.finish_reason or "length",
+                        text=c.text,
+                    )
+                )
+            groups.append(Group(prompt_token_ids=prompt, completions=comps, policy_version=version))
+        self.metrics.observe_request(
+            "generate", time.perf_counter() - t0, sum(map(len, req.prompts)), n_tokens
+        )
+        return GroupedResponse(groups=groups, policy_version=version)
+
+    # ------------------------------------------------------------------ OpenAI helpers
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    async def generate_many(self, prompts: list[list[int]], params: Any) -> tuple[list[Any], int]:
+        """Non-streamed generation of several prompts; returns (outputs, version)."""
+
+        async def work() -> list[Any]:
+            return await asyncio.gather(*(self._run(p, params) for p in prompts))
+
+        return await self.run_admitted(work)
+
+    async def start_stream(
+        self, prompts: list[list[int]], params: Any
+    ) -> tuple[int, asyncio.Queue, asyncio.Task]:
+        """Start streamed generation. Returns (version, queue of (prompt_index, output) ending
+        with None or an Exception, producer task). The producer holds the admission itself, so
+        a client that never reads cannot block weight updates beyond max_tokens of work."""
+        queue: asyncio.Queue = asyncio.Queue()
+        admitted: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        async def produce() -> None:
+            try:
+                version = await self._enter()
+            except BaseException as e:
+                admitted.set_exception(e)
+                return
+            admitted.set_result(version)
+            try:
+
+                async def one(i: int, p: list[int]) -> None:
+                    async def push(out: Any) -> None:
+                        queue.put_nowait((i, out))
+
+                    await self._run(p, params, push)
+
+                await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+                queue.put_nowait(None)
+            except _Preempted:
+                queue.put_nowait(RequestError(503, "stream aborted by a weight update; retry"))
+            except Exception as e:  # surfaced to the client as an error event, and logged
+                log.exception("stream failed")
+                queue.put_nowait(e)
+            finally:
+                self._exit()
+
+        task = asyncio.create_task(produce())
+        version = await admitted
+        return version, queue, task
+
+    # ------------------------------------------------------------------ weight updates
+    async def update_gloo(self, req: GlooUpdateRequest) -> UpdateResponse:
+        timeout = req.timeout_s or self.cfg.weight_update_timeout_s
+        kwargs = {
+            "backend": req.backend,
+            "host": req.master_addr,
+            "port": req.master_port,
+            "timeout_s": timeout,
+            "session": req.session,
+            "new_group": req.new_group,
+        }
+        return await self._update(
+            req.backend,
+            req.version,
+            lambda: self.engine.collective_rpc("sampler_receive_weights", kwargs=kwargs),
+        )
+
+    async def update_path(self, req: PathUpdateRequest) -> UpdateResponse:
+        import os
+
+        if not os.path.isdir(req.path):
+            raise RequestError(400, f"path {req.path!r} is not a folder on this replica", "path")
+        if not any(f.endswith(".safetensors") for f in os.listdir(req.path)):
+            raise RequestError(400, f"path {req.path!r} holds no .safetensors files", "path")
+        return await self._update(
+            "filesystem",
+            req.version,
+            lambda: self.engine.collective_rpc("sampler_load_path", kwargs={"path": req.path}),
+        )
+
+    async def _update(
+        self, transport: str, version: int | None, load: Callable[[], Awaitable[list[dict]]]
+    ) -> UpdateResponse:
+        async with self._update_lock:
+            new_version = self.version + 1 if version is None else version
+            if new_version <= self.version and not self.broken:
+                raise RequestError(
+                    409,
+                    f"version {new_version} is not newer than the served version {self.version}",
+                    "version",
+                )
+            t0 = time.perf_counter()
+            self.updating = True
+            self._open.clear()
+            paused = False
+            try:
+                # With the gate closed and drained, the engine holds no request of ours; only
+                # after aborting stragglers do we also pause the scheduler (vLLM's pause costs
+                # ~25 ms, which matters for frequent small updates).
+                paused = await self._drain()
+                if paused:
+                    await self.engine.pause_generation(mode="wait", clear_cache=True)
+                try:
+                    results = await load()
+                except Exception as e:
+                    self.broken = f"weight update to version {new_version} failed ({e})"
+                    self.metrics.updates.labels(transport, "error").inc()
+                    log.exception("weight update failed")
+                    raise RequestError(500, self.broken) from e
+                # Cached prefixes hold KV computed with the old weights.
+                await self.engine.reset_prefix_cache()
+                self.version = new_version
+                self.broken = None
+                self.metrics.policy_version.set(new_version)
+            finally:
+                if paused:
+                    await self.engine.resume_generation()
+                self.updating = False
+                self._open.set()
+            seconds = time.perf_counter() - t0
+            self.metrics.update_seconds.labels(transport).observe(seconds)
+            self.metrics.updates.labels(transport, "ok").inc()
+            stats = {k: float(v) for k, v in (results[0] or {}).items()} if results else {}
+            return UpdateResponse(policy_version=new_version, seconds=seconds, stats=stats)
+
+    async def _drain(self) -> bool:
+        """Wait for admitted requests; abort those left after the drain timeout (re-run later).
+        Returns whether requests were aborted."""
+        try:
+            await asyncio.wait_for(self._drained.wait(), self.cfg.update_drain_timeout_s)
+            return False
+        except asyncio.TimeoutError:
+            ids = list(self._engine_ids)
+            log.warning(
+                "weight update: aborting %d requests still running after %.0fs",
+                len(ids),
+                self.cfg.update_drain_timeout_s,
+            )
+            self._preempted.update(ids)
+            await self.engine.abort(ids)
+        try:
+            await asyncio.wait_for(self._drained.wait(), self.cfg.update_drain_timeout_s)
+        except asyncio.TimeoutError as e:
+            raise RequestError(
+                503, "in-flight requests did not stop; weights unchanged, retry"
+            ) from e
+
+
+def client_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions by which vLLM rejects a request's input (they map to 400, not 500)."""
+    from vllm.exceptions import VLLMClientError
+
+    return (ValueError, TypeError, VLLMClientError)
+
+
+def sampled_logprobs(token_ids: list[int], logprobs: Any) -> list[float]:
+    """The logprob of each sampled token from vLLM's per-position {token_id: Logprob} dicts."""
+    if logprobs is None:
+        raise RuntimeError("engine returned no logprobs although logprobs=0 was requested")
+    return [float(pos[tok].logprob) for tok, pos in zip(token_ids, logprobs, strict=True)]
+
+
+async def aiter_queue(queue: asyncio.Queue) -> AsyncIterator[tuple[int, Any]]:
+    """Items of a producer queue until its None sentinel; re-raises a queued exception."""
+    while True:
+        item = await queue.get()
+        if item is None:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item

@@ -1,0 +1,359 @@
+"""Trainer-side weight pushers: send a full set of weights to sampler replicas.
+
+Owns: the torch.distributed pusher (gloo/nccl; one standalone 2-rank group per replica, kept
+across updates until an error or a replica restart; lazy bucketing; pipelined sends to all
+replicas at once) and the filesystem pusher (safetensors shards in a shared folder).
+Does not know: how the trainer gathers its parameters (it hands us an iterator), GRPO, HTTP
+details beyond `SamplerClient.admin_post` / its health check.
+Import through `sampler.client` (`make_weight_pusher`, `WeightPusher`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    import torch
+
+    from sampler.client import SamplerClient
+
+log = logging.getLogger(__name__)
+
+
+class WeightPushError(RuntimeError):
+    """A weight push reached no replica."""
+
+
+class WeightPusher:
+    """Sends a full set of weights to replicas, which then serve `version`."""
+
+    last_failed: dict[str, str]
+
+    async def push(
+        self,
+        named_tensors: Iterable[tuple[str, torch.Tensor]],
+        version: int,
+        urls: list[str] | None = None,
+    ) -> dict[str, float]:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+    def _conclude(
+        self, stats: dict[str, float], failed: dict[str, str], urls: list[str]
+    ) -> dict[str, float]:
+        self.last_failed = failed
+        stats["replicas_ok"] = float(len(urls) - len(failed))
+        stats["replicas_failed"] = float(len(failed))
+        if failed and len(failed) == len(urls):
+            raise WeightPushError(
+                "weight push reached no replica: "
+                + "; ".join(f"{u}: {e}" for u, e in failed.items())
+            )
+        for u, e in failed.items():
+            log.error("weight push to %s failed: %s (resync it with push(..., urls=[url]))", u, e)
+        return stats
+
+
+def _sync_addr(urls: list[str]) -> str:
+    """Address replicas use to reach this process's TCPStore."""
+    env = os.environ.get("SAMPLER_SYNC_ADDR")
+    if env:
+        return env
+    hosts = {urlparse(u).hostname for u in urls}
+    if hosts <= {"127.0.0.1", "localhost", "::1"}:
+        return "127.0.0.1"
+    import socket
+
+    return socket.gethostbyname(socket.gethostname())
+
+
+class DistWeightPusher(WeightPusher):
+    """torch.distributed broadcast over one standalone 2-rank group per replica."""
+
+    def __init__(
+        self, client: SamplerClient, backend: str, bucket_bytes: int, timeout_s: float
+    ) -> None:
+        from sampler.weight_sync import BufferPool
+
+        if backend not in ("gloo", "nccl"):
+            raise ValueError(f"transport must be 'gloo', 'nccl' or 'filesystem', got {backend!r}")
+        self.client = client
+        self.backend = backend
+        # url -> (replica instance id, session id, TCPStore, process group): groups are kept
+        # across updates (a rendezvous costs tens of ms) until an error or a replica restart.
+        self._sessions: dict[str, tuple[str, str, Any, Any]] = {}
+        self.bucket_bytes = bucket_bytes
+        self.timeout_s = timeout_s
+        device = "cpu"
+        if backend == "nccl":
+            import torch
+
+            device = f"cuda:{torch.cuda.current_device()}"
+        self.pool = BufferPool(device)
+        self.last_failed = {}
+
+    async def push(
+        self,
+        named_tensors: Iterable[tuple[str, torch.Tensor]],
+        version: int,
+        urls: list[str] | None = None,
+    ) -> dict[str, float]:
+        import torch.distributed as dist
+
+        from sampler.weight_sync import make_group
+
+        urls = [u.rstrip("/") for u in (urls or self.client.urls)]
+        t0 = time.perf_counter()
+        addr = _sync_addr(urls)
+        failed: dict[str, str] = {}
+        groups: dict[str, Any] = {}
+        # A replica that does not answer /health is failed now, not after a rendezvous timeout;
+        # its instance id tells whether our group with it is still valid (restart -> new group).
+        healths = await asyncio.gather(*(self.client._health(u) for u in urls))
+        plan: dict[str, tuple[str, Any, bool]] = {}  # url -> (session, store, new group?)
+        for u, h in zip(urls, healths, strict=True):
+            if h is None:
+                failed[u] = "not healthy (no answer on /health)"
+                self._sessions.pop(u, None)
+                continue
+            old = self._sessions.get(u)
+            if old is not None and old[0] == h.get("instance_id"):
+                plan[u] = (old[1], old[2], False)
+                groups[u] = old[3]
+            else:
+                self._sessions.pop(u, None)
+                store = dist.TCPStore(addr, 0, 2, is_master=True, wait_for_workers=False)
+                plan[u] = (uuid.uuid4().hex, store, True)
+        http = {
+            u: asyncio.create_task(
+                self.client.admin_post(
+                    u,
+                    "/admin/weights/gloo",
+                    {
+                        "master_addr": addr,
+                        "master_port": store.port,
+                        "backend": self.backend,
+                        "version": version,
+                        "timeout_s": self.timeout_s,
+                        "session": session,
+                        "new_group": new,
+                    },
+                    self.timeout_s * 4,
+                )
+            )
+            for u, (session, store, new) in plan.items()
+        }
+
+        async def join(u: str) -> None:
+            store = plan[u][1]
+            grp = asyncio.ensure_future(
+                asyncio.to_thread(make_group, self.backend, addr, 0, 0, self.timeout_s, store)
+            )
+            done, _ = await asyncio.wait({grp, http[u]}, return_when=asyncio.FIRST_COMPLETED)
+            if grp in done and grp.exception() is None:
+                groups[u] = grp.result()[1]
+                return
+            # The replica refused before joining (auth, version conflict...), or the rendezvous
+            # timed out; the abandoned rendezvous thread ends at its own timeout.
+            err = http[u].exception() if http[u].done() else grp.exception()
+            failed[u] = f"could not join its weight-sync group: {err}"
+
+        await asyncio.gather(*(join(u) for u in plan if plan[u][2]))
+        send_stats = await asyncio.to_thread(self._send_all, named_tensors, groups, failed)
+        replica_s, load_s, rdv_s = [], [], []
+        for u, task in http.items():
+            try:
+                body = await task
+                replica_s.append(body["seconds"])
+                load_s.append(body["stats"].get("worker_seconds", 0.0))
+                rdv_s.append(body["stats"].get("rendezvous_seconds", 0.0))
+            except Exception as e:
+                failed.setdefault(u, str(e))
+            if u in failed:  # a group that saw an error is never reused
+                self._sessions.pop(u, None)
+            else:
+                session, store, _ = plan[u]
+                self._sessions[u] = (
+                    healths[urls.index(u)]["instance_id"],
+                    session,
+                    store,
+                    groups[u],
+                )
+        stats = {"seconds": time.perf_counter() - t0, **send_stats}
+        stats["replica_update_seconds"] = max(replica_s, default=0.0)
+        stats["replica_worker_seconds"] = max(load_s, default=0.0)
+        stats["replica_rendezvous_seconds"] = max(rdv_s, default=0.0)
+        stats["bytes_per_s"] = stats["bytes"] / stats["seconds"] if stats["seconds"] > 0 else 0.0
+        return self._conclude(stats, failed, urls)
+
+    def _send_all(
+        self,
+        named_tensors: Iterable[tuple[str, torch.Tensor]],
+        groups: dict[str, Any],
+        failed: dict[str, str],
+    ) -> dict[str, float]:
+        """Pack lazily into buckets and broadcast each bucket to every live group."""
+        import torch
+
+        from sampler.weight_sync import TensorMeta, align_up, broadcast, dtype_name, encode_meta
+
+        live = dict(groups)
+        dev = self.pool.device
+        stats = {"bytes": 0.0, "buckets": 0.0, "tensors": 0.0, "wait_seconds": 0.0}
+        t_start = time.perf_counter()
+        # Broadcasts are issued asynchronously to every replica at once; we wait for bucket k-1
+        # only after issuing bucket k, so packing k+1 overlaps the transfer of k. Each bucket
+        # has its own pooled buffer, so nothing is overwritten while in flight.
+        pending: list[tuple[list[tuple[str, list]], list[torch.Tensor]]] = []
+
+        def wait_oldest() -> None:
+            t = time.perf_counter()
+            issued, _keepalive = pending.pop(0)
+            for u, works in issued:
+                try:
+                    for w in works:
+                        w.wait()
+                except Exception as e:  # a dead replica must not stop the others
+                    failed[u] = f"broadcast failed: {e}"
+                    live.pop(u, None)
+            stats["wait_seconds"] += time.perf_counter() - t
+
+        def send(tensors: list[torch.Tensor]) -> None:
+            issued = []
+            for u, pg in list(live.items()):
+                try:
+                    issued.append((u, [broadcast(pg, x) for x in tensors]))
+                except Exception as e:
+                    failed[u] = f"broadcast failed: {e}"
+                    live.pop(u, None)
+            pending.append((issued, tensors))
+            while len(pending) > 1:
+                wait_oldest()
+
+        def flush(index: int, metas: list[TensorMeta], data: torch.Tensor) -> None:
+            meta = torch.frombuffer(bytearray(encode_meta(metas)), dtype=torch.uint8).to(dev)
+            header = torch.tensor([meta.numel(), data.numel()], dtype=torch.int64, device=dev)
+            send([header, meta, data])
+            stats["bytes"] += data.numel()
+            stats["buckets"] += 1
+
+        index, used = 0, 0
+        metas: list[TensorMeta] = []
+        buf = None
+        for name, tensor in named_tensors:
+            t = tensor.detach()
+            nbytes = t.numel() * t.element_size()
+            off = align_up(used)
+            if metas and off + nbytes > buf.numel():
+                flush(index, metas, buf[:used])
+                index, used, off, metas = index + 1, 0, 0, []
+            if not metas:  # a new bucket; a tensor larger than bucket_bytes gets its own
+                buf = self.pool.get(index, max(self.bucket_bytes, nbytes))
+            buf[off : off + nbytes].copy_(t.contiguous().reshape(-1).view(torch.uint8))
+            metas.append(TensorMeta(name, dtype_name(t), tuple(t.shape), off, nbytes))
+            used = off + nbytes
+            stats["tensors"] += 1
+        if metas:
+            flush(index, metas, buf[:used])
+        send([torch.zeros(2, dtype=torch.int64, device=dev)])
+        while pending:
+            wait_oldest()
+        stats["send_seconds"] = time.perf_counter() - t_start
+        return stats
+
+
+class FilesystemWeightPusher(WeightPusher):
+    """safetensors shards under `shared_dir/v<version>`, then every replica reloads from there."""
+
+    def __init__(
+        self, client: SamplerClient, shared_dir: str, bucket_bytes: int, timeout_s: float
+    ) -> None:
+        self.client = client
+        self.root = Path(shared_dir)
+        self.bucket_bytes = bucket_bytes
+        self.timeout_s = timeout_s
+        self.last_failed = {}
+
+    def _write(
+        self, named_tensors: Iterable[tuple[str, torch.Tensor]], folder: Path
+    ) -> dict[str, float]:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        shard: dict[str, Any] = {}
+        used, index, total = 0, 0, 0
+        for name, tensor in named_tensors:
+            # clone: tied weights share storage, which safetensors refuses to save twice.
+            shard[name] = tensor.detach().to("cpu").contiguous().clone()
+            nb = shard[name].numel() * shard[name].element_size()
+            used += nb
+            total += nb
+            if used >= self.bucket_bytes:
+                save_file(shard, str(folder / f"model-{index:05d}.safetensors"))
+                shard, used, index = {}, 0, index + 1
+        if shard:
+            save_file(shard, str(folder / f"model-{index:05d}.safetensors"))
+        return {"bytes": float(total)}
+
+    async def push(
+        self,
+        named_tensors: Iterable[tuple[str, torch.Tensor]],
+        version: int,
+        urls: list[str] | None = None,
+    ) -> dict[str, float]:
+        urls = [u.rstrip("/") for u in (urls or self.client.urls)]
+        t0 = time.perf_counter()
+        folder = self.root / f"v{version}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        stats = await asyncio.to_thread(self._write, named_tensors, folder)
+        stats["write_seconds"] = time.perf_counter() - t0
+        results = await asyncio.gather(
+            *(
+                self.client.admin_post(
+                    u,
+                    "/admin/weights/path",
+                    {"path": str(folder), "version": version},
+                    self.timeout_s,
+                )
+                for u in urls
+            ),
+            return_exceptions=True,
+        )
+        failed = {
+            u: str(r) for u, r in zip(urls, results, strict=True) if isinstance(r, BaseException)
+        }
+        for old in self.root.glob("v*"):  # keep only the newest version on disk
+            if old != folder and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+        stats["seconds"] = time.perf_counter() - t0
+        return self._conclude(stats, failed, urls)
+
+
+def make_weight_pusher(
+    transport: str,
+    client: SamplerClient,
+    *,
+    bucket_bytes: int,
+    timeout_s: float,
+    shared_dir: str | None = None,
+) -> WeightPusher:
+    """transport: 'gloo' | 'nccl' | 'filesystem' (the caller resolves 'auto')."""
+    if transport == "filesystem":
+        if not shared_dir:
+            raise ValueError(
+                "transport 'filesystem' needs shared_dir= (a folder every replica can read)"
+            )
+        return FilesystemWeightPusher(client, shared_dir, bucket_bytes, timeout_s)
+    return DistWeightPusher(client, transport, bucket_bytes, timeout_s)

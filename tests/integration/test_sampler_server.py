@@ -1,0 +1,357 @@
+"""A real `python -m sampler` replica (vLLM on CPU, tiny float32 model A): OpenAI client,
+grouped route, weight updates over both transports, labels during updates, security, fuzzing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "test-api-key"
+ADMIN_KEY = "test-admin-key"
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11], [12, 13], [20, 21, 22, 23, 24]]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from data.tiny_model import build_tiny_model
+
+    root = tmp_path_factory.mktemp("sampler_models")
+    return build_tiny_model(root / "A", seed=0), build_tiny_model(root / "B", seed=1)
+
+
+@pytest.fixture(scope="module")
+def server(models, tmp_path_factory):
+    from sampler.launch import start_sampler
+
+    logs = tmp_path_factory.mktemp("logs")
+    cfg = logs / "run.yaml"  # also exercises --config: a run YAML's `sampler:` section
+    cfg.write_text("sampler:\n  dtype: float32\n  limits:\n    max_body_bytes: 1048576\n")
+    sp = start_sampler(
+        models[0],
+        log_dir=logs,
+        api_key=API_KEY,
+        admin_key=ADMIN_KEY,
+        extra_args=["--config", str(cfg)],
+    )
+    yield sp
+    sp.stop()
+
+
+@pytest.fixture(scope="module")
+def hf_reference(models):
+    """Greedy continuation + per-token logprobs from transformers, float32 (the ground truth)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cache = {}
+
+    def ref(which: int, prompt: list[int], steps: int):
+        key = (which, tuple(prompt), steps)
+        if key not in cache:
+            m = cache.setdefault(("m", which), None) or AutoModelForCausalLM.from_pretrained(
+                models[which], dtype=torch.float32
+            )
+            cache[("m", which)] = m
+            ids = list(prompt)
+            lps = []
+            with torch.no_grad():
+                for _ in range(steps):
+                    logits = m(torch.tensor([ids])).logits[0, -1].double()
+                    lp = torch.log_softmax(logits, -1)
+                    tok = int(lp.argmax())
+                    ids.append(tok)
+                    lps.append(float(lp[tok]))
+            cache[key] = (ids[len(prompt) :], lps)
+        return cache[key]
+
+    return ref
+
+
+def _client(server, **kw):
+    from sampler.client import SamplerClient
+
+    return SamplerClient([server.url], api_key=API_KEY, admin_key=ADMIN_KEY, **kw)
+
+
+def _hf_state(path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict()
+
+
+def _assert_matches(results, ref, which, steps):
+    for g in results:
+        toks, lps = ref(which, g.prompt_token_ids, steps)
+        c = g.completions[0]
+        assert c.token_ids == toks, (g.prompt_token_ids, c.token_ids, toks)
+        assert c.logprobs == pytest.approx(lps, abs=1e-4)
+
+
+# ---------------------------------------------------------------------------- OpenAI client
+def test_openai_client_completions_chat_and_streams(server):
+    import openai
+
+    oa = openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY)
+    model = oa.models.list().data[0].id
+    raw = oa.completions.with_raw_response.create(
+        model=model, prompt="hello", max_tokens=6, n=2, temperature=1.0, logprobs=1, seed=1
+    )
+    assert raw.headers["X-Policy-Version"].isdigit()
+    r = raw.parse()
+    assert len(r.choices) == 2 and r.usage.completion_tokens == sum(
+        len(c.logprobs.tokens) for c in r.choices
+    )
+    assert r.model_extra["policy_version"] == int(raw.headers["X-Policy-Version"])
+    assert all(lp <= 0 for c in r.choices for lp in c.logprobs.token_logprobs)
+
+    chat = oa.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=5,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    assert chat.choices[0].message.role == "assistant"
+    assert len(chat.choices[0].logprobs.content) == chat.usage.completion_tokens == 5
+
+    # Streams: the concatenated deltas equal the non-streamed greedy text.
+    pieces = [
+        ch.choices[0].delta.content or ""
+        for ch in oa.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=5,
+            temperature=0,
+            stream=True,
+        )
+        if ch.choices
+    ]
+    assert "".join(pieces) == chat.choices[0].message.content
+    full = oa.completions.create(model=model, prompt="abc", max_tokens=7, temperature=0)
+    streamed = oa.completions.create(
+        model=model,
+        prompt="abc",
+        max_tokens=7,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(streamed)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == full.choices[0].text
+    assert chunks[-1].usage.completion_tokens == 7
+
+
+# ---------------------------------------------------------------------------- security / validation
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status", "needle"),
+    [
+        ("/generate", {"prompts": [[5]], "max_tokens": 2}, {}, 401, "API key"),
+        (
+            "/generate",
+            {"prompts": [[5]], "max_tokens": 2},
+            {"Authorization": "Bearer nope"},
+            401,
+            "API key",
+        ),
+        (
+            "/admin/weights/path",
+            {"path": "/tmp"},
+            {"Authorization": f"Bearer {API_KEY}"},
+            401,
+            "admin key",
+        ),
+        ("/generate", "{not json", None, 422, "JSON"),
+        ("/generate", {"prompts": [[5]], "max_tokens": 2, "n": 0}, None, 422, "n"),
+        (
+            "/generate",
+            {"prompts": [[5]], "max_tokens": 2, "temperature": -1},
+            None,
+            422,
+            "temperature",
+        ),
+        ("/generate", {"prompts": [["x"]], "max_tokens": 2}, None, 422, "prompts"),
+        (
+            "/generate",
+            {"prompts": [[5]], "max_tokens": 2, "n": 65, "temperature": 1},
+            None,
+            400,
+            "max_n",
+        ),
+        ("/generate", {"prompts": [[5] * 4090], "max_tokens": 10}, None, 400, "context length"),
+        ("/generate", {"prompts": [[5] * 5000], "max_tokens": 1}, None, 400, "5000 tokens"),
+        ("/generate", {"prompts": [[1 << 40]], "max_tokens": 2}, None, 400, "vocabulary"),
+        ("/generate", {"prompts": [[5]], "max_tokens": 9000}, None, 400, "max_tokens"),
+        ("/generate", {"prompts": [[5]], "max_tokens": 2, "bogus": 1}, None, 422, "bogus"),
+        ("/v1/completions", {"prompt": "x", "model": "other"}, None, 404, "not served"),
+        ("/v1/chat/completions", {"messages": []}, None, 422, "messages"),
+        (
+            "/admin/weights/path",
+            {"path": "/nonexistent/dir"},
+            {"Authorization": f"Bearer {ADMIN_KEY}"},
+            400,
+            "path",
+        ),
+    ],
+)
+def test_bad_requests_get_clear_4xx(server, path, body, headers, status, needle):
+    h = {"Authorization": f"Bearer {API_KEY}"} if headers is None else headers
+    kw = (
+        {"content": body, "headers": {**h, "content-type": "application/json"}}
+        if isinstance(body, str)
+        else {"json": body, "headers": h}
+    )
+    r = httpx.post(server.url + path, timeout=30, **kw)
+    assert r.status_code == status, r.text
+    assert needle.lower() in r.json()["error"]["message"].lower()
+    assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_body_size_limit(server):
+    big = json.dumps({"prompts": [[5] * 400_000], "max_tokens": 1})
+    r = httpx.post(
+        server.url + "/generate",
+        content=big,
+        timeout=30,
+        headers={"Authorization": f"Bearer {API_KEY}", "content-type": "application/json"},
+    )
+    assert r.status_code == 413 and "max_body_bytes" in r.text
+
+
+def test_refuses_public_bind_without_api_key(models):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sampler",
+            "--model",
+            str(models[0]),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0 and "--api-key" in r.stderr
+
+
+# ---------------------------------------------------------------------------- weight updates
+def test_weight_updates_both_transports_match_transformers(server, models, hf_reference, tmp_path):
+    from sampler.client import SamplingSpec, make_weight_pusher
+
+    async def run():
+        c = _client(server)
+        spec = SamplingSpec(max_tokens=8, temperature=0)
+        v0 = (await c.versions())[server.url]
+        _assert_matches(await c.generate(PROMPTS, 1, spec), hf_reference, 0, 8)
+
+        gloo = make_weight_pusher("gloo", c, bucket_bytes=256 << 10, timeout_s=60)
+        stats = await gloo.push(iter(_hf_state(models[1]).items()), version=v0 + 1)
+        assert stats["replicas_ok"] == 1 and stats["buckets"] > 1
+        res = await c.generate(PROMPTS, 1, spec)
+        assert {g.policy_version for g in res} == {v0 + 1}
+        _assert_matches(res, hf_reference, 1, 8)
+
+        fs = make_weight_pusher(
+            "filesystem", c, bucket_bytes=256 << 10, timeout_s=60, shared_dir=str(tmp_path)
+        )
+        await fs.push(iter(_hf_state(models[0]).items()), version=v0 + 2)
+        res = await c.generate(PROMPTS, 1, spec)
+        assert {g.policy_version for g in res} == {v0 + 2}
+        _assert_matches(res, hf_reference, 0, 8)
+
+        metrics = httpx.get(
+            server.url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}
+        ).text
+        assert f"sampler_policy_version {float(v0 + 2)}" in metrics
+        assert 'sampler_weight_updates_total{outcome="ok",transport="gloo"}' in metrics
+        await c.aclose()
+
+    asyncio.run(run())
+
+
+def test_generation_during_updates_is_labelled_with_the_producing_version(
+    server, models, hf_reference
+):
+    """Greedy requests race with pushes A->B->A...; each result must equal transformers' output
+    of the model that its label names (A and B give different greedy tokens)."""
+    from sampler.client import SamplingSpec, make_weight_pusher
+
+    states = [_hf_state(models[0]), _hf_state(models[1])]
+
+    async def run():
+        c = _client(server)
+        spec = SamplingSpec(max_tokens=24, temperature=0)
+        v = (await c.versions())[server.url]
+        which = {v: None}  # version -> model index; the served model is checked by the first batch
+        pusher = make_weight_pusher("gloo", c, bucket_bytes=1 << 20, timeout_s=60)
+        await pusher.push(iter(states[0].items()), version=v + 1)
+        which = {v + 1: 0}
+        results = []
+
+        async def load():
+            for _ in range(6):
+                results.extend(await c.generate(PROMPTS, 1, spec))
+
+        async def updates():
+            for k in range(2, 6):
+                await pusher.push(iter(states[k % 2].items()), version=v + k)
+                which[v + k] = k % 2
+                await asyncio.sleep(0)
+
+        await asyncio.gather(load(), updates())
+        seen = {g.policy_version for g in results}
+        assert len(results) == 6 * len(PROMPTS)
+        for g in results:
+            _assert_matches([g], hf_reference, which[g.policy_version], 24)
+        await c.aclose()
+        return seen
+
+    seen = asyncio.run(run())
+    assert len(seen) >= 2, f"updates did not interleave with generation: {seen}"
+
+
+# ---------------------------------------------------------------------------- fuzzing
+def test_schemathesis_finds_no_server_errors(server, tmp_path):
+    started = time.monotonic()
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            f"{server.url}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "12",
+            "--max-time",
+            "25",
+            "--request-timeout",
+            "20",
+            "-H",
+            f"Authorization: Bearer {API_KEY}",
+            "--generation-deterministic",
+            "--exclude-path-regex",
+            "^/admin",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert time.monotonic() - started < 120
+    assert httpx.get(server.url + "/health").status_code == 200

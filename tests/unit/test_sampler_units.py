@@ -1,0 +1,175 @@
+"""Sampler pieces that need no engine: bucket planning and wire format, a real 2-rank gloo
+transfer between threads, request models, CLI security checks, engine argument defaults."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from sampler.client import split_evenly
+from sampler.weight_sync import (
+    ALIGN,
+    BufferPool,
+    TensorMeta,
+    align_up,
+    decode_meta,
+    encode_meta,
+    plan_buckets,
+    unpack,
+)
+
+
+def test_align_and_plan_buckets():
+    assert [align_up(x) for x in (0, 1, 64, 65)] == [0, 64, 64, 128]
+    assert plan_buckets([10, 10, 10], bucket_bytes=128) == [[0, 1], [2]]
+    # An oversized tensor gets a bucket of its own and does not swallow its neighbours.
+    assert plan_buckets([10, 1000, 10], bucket_bytes=128) == [[0], [1], [2]]
+    with pytest.raises(ValueError, match="bucket_bytes"):
+        plan_buckets([1], 0)
+
+
+def test_meta_roundtrip_and_unknown_dtype_rejected():
+    metas = [TensorMeta("a.weight", "bfloat16", (2, 3), 0, 12), TensorMeta("b", "int64", (), 64, 8)]
+    assert decode_meta(encode_meta(metas)) == metas
+    with pytest.raises(ValueError, match="complex64"):
+        decode_meta(b'[["x", "complex64", [1], 0, 8]]')
+
+
+def test_unpack_gives_views_of_packed_tensors():
+    tensors = {
+        "w": torch.randn(3, 5),
+        "b": torch.arange(7, dtype=torch.int64),
+        "h": torch.randn(4).bfloat16(),
+    }
+    buf = torch.zeros(1024, dtype=torch.uint8)
+    metas, off = [], 0
+    for name, t in tensors.items():
+        nb = t.numel() * t.element_size()
+        buf[off : off + nb].copy_(t.reshape(-1).view(torch.uint8))
+        metas.append(TensorMeta(name, str(t.dtype).removeprefix("torch."), tuple(t.shape), off, nb))
+        off = align_up(off + nb)
+    out = dict(unpack(buf, metas))
+    for name, t in tensors.items():
+        assert torch.equal(out[name], t)
+    assert out["w"].data_ptr() == buf.data_ptr()  # a view, not a copy
+
+
+def test_buffer_pool_keeps_and_grows_buffers():
+    pool = BufferPool()
+    a = pool.get(0, 100)
+    assert pool.get(0, 50).data_ptr() == a.data_ptr()  # kept across updates
+    assert pool.get(1, 10).data_ptr() != a.data_ptr()  # one buffer per bucket position
+    assert pool.get(0, 1000).numel() == 1000
+
+
+def test_gloo_transfer_between_two_ranks_is_exact():
+    """The trainer-side packer and the worker-side receiver over a real gloo group."""
+    import torch.distributed as dist
+
+    from sampler.client import DistWeightPusher
+    from sampler.weight_sync import make_group, receive_buckets
+
+    store = dist.TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
+    port = store.port
+    sent = [(f"t{i}", torch.randn(17 + i, 9)) for i in range(6)] + [("big", torch.randn(300, 64))]
+    sent.append(("half", torch.randn(33).to(torch.bfloat16)))
+    received: dict[str, torch.Tensor] = {}
+    stats_rx: dict[str, float] = {}
+    errors: list[BaseException] = []
+
+    def receiver():
+        try:
+            _, pg = make_group("gloo", "127.0.0.1", port, 1, 30)
+            for name, t in receive_buckets(pg, BufferPool(), "cpu", stats_rx):
+                received[name] = t.clone()
+        except BaseException as e:  # surfaced by the assert below
+            errors.append(e)
+
+    th = threading.Thread(target=receiver)
+    th.start()
+    _, pg = make_group("gloo", "127.0.0.1", 0, 0, 30, store=store)
+    pusher = DistWeightPusher.__new__(DistWeightPusher)
+    pusher.pool, pusher.bucket_bytes = BufferPool(), 4096
+    failed: dict[str, str] = {}
+    stats = pusher._send_all(iter(sent), {"r": pg}, failed)
+    th.join(60)
+    assert not errors and not failed
+    assert list(received) == [n for n, _ in sent]
+    for name, t in sent:
+        assert torch.equal(received[name], t), name
+    assert stats["buckets"] == stats_rx["buckets"] > 2
+    assert stats["bytes"] == stats_rx["bytes"] >= sum(t.numel() * t.element_size() for _, t in sent)
+
+
+def test_split_evenly():
+    assert split_evenly(0, 3) == []
+    assert split_evenly(5, 2) == [(0, 3), (3, 5)]
+    assert split_evenly(2, 8) == [(0, 1), (1, 2)]
+
+
+# ---------------------------------------------------------------------------- protocol
+def test_grouped_request_validation_messages():
+    from pydantic import ValidationError
+
+    from sampler.protocol import GroupedRequest
+
+    ok = GroupedRequest(prompts=[[1, 2]], max_tokens=4, n=2, temperature=0.7)
+    assert ok.n == 2
+    for bad, needle in [
+        ({"prompts": [[1]], "max_tokens": 4, "n": 0}, "n"),
+        ({"prompts": [[1]], "max_tokens": 4, "temperature": -0.1}, "temperature"),
+        ({"prompts": [[1]], "max_tokens": 4, "n": 2, "temperature": 0}, "temperature > 0"),
+        ({"prompts": [[]], "max_tokens": 4}, "prompts[0] is empty"),
+        ({"prompts": [], "max_tokens": 4}, "prompts"),
+        ({"prompts": [[1]], "max_tokens": 4, "tempreature": 1}, "tempreature"),
+    ]:
+        with pytest.raises(ValidationError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+            GroupedRequest(**bad)
+
+
+# ---------------------------------------------------------------------------- CLI / engine args
+def test_cli_refuses_public_host_without_api_key(tmp_path, capsys):
+    from sampler.__main__ import is_loopback, parse_args
+
+    (tmp_path / "config.json").write_text("{}")
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.4")
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--model", str(tmp_path), "--host", "0.0.0.0"])
+    assert e.value.code == 2 and "--api-key" in capsys.readouterr().err
+    _, cfg = parse_args(
+        ["--model", str(tmp_path), "--host", "0.0.0.0", "--api-key", "k", "--port", "8001"]
+    )
+    assert cfg.api_key == "k" and cfg.port == 8001
+
+
+def test_cli_reports_bad_model_and_config(tmp_path, capsys):
+    from sampler.__main__ import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--model", str(tmp_path / "missing")])
+    assert "config.json" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{}")
+    bad = tmp_path / "run.yaml"
+    bad.write_text("sampler:\n  max_num_seqs: 0\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--model", str(tmp_path), "--config", str(bad)])
+    assert "max_num_seqs" in capsys.readouterr().err
+
+
+def test_engine_kwargs_cpu_defaults():
+    from sampler.config import SamplerConfig
+    from sampler.engine import CPU_DEFAULT_KV_CACHE_BYTES, WORKER_EXTENSION, engine_kwargs
+
+    kw = engine_kwargs("/m", SamplerConfig(), on_gpu=False)
+    assert kw["kv_cache_memory_bytes"] == CPU_DEFAULT_KV_CACHE_BYTES and kw["enforce_eager"] is True
+    assert (
+        kw["worker_extension_cls"] == WORKER_EXTENSION
+        and kw["logprobs_mode"] == "processed_logprobs"
+    )
+    gpu = engine_kwargs("/m", SamplerConfig(tensor_parallel_size=2), on_gpu=True)
+    assert "kv_cache_memory_bytes" not in gpu and gpu["enforce_eager"] is False
+    assert gpu["tensor_parallel_size"] == 2
+    assert ALIGN % 16 == 0
