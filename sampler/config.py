@@ -31,6 +31,12 @@ class SamplerConfig(BaseModel):
     replicas: int = Field(
         1, ge=1, description="Sampler replicas (each one vLLM engine behind its own HTTP server)."
     )
+    external_urls: list[str] | None = Field(
+        None,
+        description="Train against sampler servers that are already running (`python -m sampler`, "
+        "same model) instead of launching replicas; needs admin_key (or SAMPLER_ADMIN_KEY). The "
+        "run fails before training if any of them is not healthy within startup_timeout_s.",
+    )
     host: str = Field(
         "127.0.0.1", description="Bind address. Anything but loopback requires api_key."
     )

@@ -124,6 +124,12 @@ class Run:
         key_file.write_text(self.api_key + "\n")
         key_file.chmod(0o600)
         self.key_file = key_file
+        if s.external_urls:
+            self.admin_key = s.admin_key or os.environ.get("SAMPLER_ADMIN_KEY") or ""
+            if not self.admin_key:
+                raise ConfigError("sampler.external_urls needs sampler.admin_key (or SAMPLER_ADMIN_KEY): the "
+                                  "trainer pushes weights through the samplers' admin routes")
+            return list(s.external_urls)
         gpus = s.tensor_parallel_size if self._has_gpus() else 0
         Actor = ray.remote(max_restarts=0)(SamplerReplica)
         env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCH_COMPILE_DISABLE": "1"} if not gpus else {}
@@ -256,7 +262,11 @@ class Run:
         urls = self.start_samplers(model_path, "float32" if dtype == "auto" else dtype, resolved)
         self.client = SamplerClient(urls, api_key=self.api_key, admin_key=self.admin_key,
                                     request_timeout_s=cfg.sampler.request_timeout_s)
-        await self.client.wait_healthy(cfg.sampler.startup_timeout_s)
+        try:
+            await self.client.wait_healthy(cfg.sampler.startup_timeout_s)
+        except TimeoutError as e:
+            setting = "sampler.external_urls" if cfg.sampler.external_urls else "sampler (launched replicas)"
+            raise ConfigError(f"{setting}: {e}; start them or fix the URLs") from None
         self.start_trainers(model_path, steps)
         transport = self.weight_transport()
         await self._all("setup_pusher", urls, self.api_key, self.admin_key, transport,
@@ -271,6 +281,8 @@ class Run:
             self.cursor.load_state_dict(state["cursor"])
             await self.push(version)  # the samplers serve the checkpoint's weights before any rollout
             log.info("resumed from %s: step %d, policy version %d", ckpt, start_step, version)
+        elif cfg.sampler.external_urls:
+            await self.push(version)  # external samplers start from the trainer's weights, not their own
         self._truncate_logs(start_step)
 
         self.tracker = Tracker(tracking_uri(cfg.mlflow.tracking_uri, str(self.out)), cfg.mlflow.experiment_name,

@@ -37,6 +37,9 @@ def _driver(tmp_path: Path, overrides: dict, *args: str, timeout: float = 300) -
         ({"trainer.reward_funcs": ["char_class", "nope"]}, "nope"),
         ({"model.name_or_path": "/does/not/exist"}, "model.name_or_path"),
         ({"pipeline.weight_sync_bucket": 3}, "pipeline.weight_sync_bucket"),
+        ({"sampler.external_urls": ["http://127.0.0.1:9"], "sampler.admin_key": "k", "sampler.startup_timeout_s": 2},
+         "sampler.external_urls"),
+        ({"sampler.external_urls": ["http://127.0.0.1:9"]}, "needs sampler.admin_key"),
     ],
 )
 def test_bad_config_fails_before_training(tmp_path, overrides, needle):
