@@ -155,6 +155,8 @@ def main() -> None:
                 str(a.learning_rate),
                 "--out",
                 str(out),
+                "--classes",
+                ",".join(cfg["data"].get("classes") or ["digits", "lower", "upper"]),
             ],
             cwd=REPO,
             env=trl_env,

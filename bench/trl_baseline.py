@@ -24,6 +24,7 @@ def main() -> None:
     p.add_argument("--max-completion-length", type=int, default=128)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--classes", default="digits", help="charclass classes, comma-separated (as data.classes)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -35,7 +36,7 @@ def main() -> None:
     from data.synthetic import generate_rows
     from rewards.registry import resolve_reward
 
-    rows = generate_rows("train", 512, 0)
+    rows = generate_rows("train", 512, 0, a.classes.split(","))
     ds = Dataset.from_list(
         [
             {"prompt": [{"role": "user", "content": r["problem"]}], "solution": r["solution"]}
@@ -44,8 +45,8 @@ def main() -> None:
     )
     reward = resolve_reward("char_class")
 
-    def char_class(completions, **kw):  # TRL names the metric after __name__
-        return reward(None, completions, **kw)
+    def char_class(prompts, completions, **kw):  # TRL names the metric after __name__
+        return reward(prompts, completions, **kw)
 
     batch = a.prompts_per_step * a.num_generations
     args = GRPOConfig(

@@ -11,4 +11,11 @@ Nothing heavy is imported here; Ray is imported only when a Ray pool is built.
 from rewards.pool import RewardBatch, RewardScorer, make_scorer
 from rewards.registry import RewardFn, resolve_reward, reward_name
 
-__all__ = ["RewardBatch", "RewardFn", "RewardScorer", "make_scorer", "resolve_reward", "reward_name"]
+__all__ = [
+    "RewardBatch",
+    "RewardFn",
+    "RewardScorer",
+    "make_scorer",
+    "resolve_reward",
+    "reward_name",
+]

@@ -163,12 +163,14 @@ class GRPOSettings(BaseModel):
     vllm_importance_sampling_correction: bool = Field(
         True, description="Correct for sampler/trainer mismatch and staleness with truncated IS."
     )
-    vllm_importance_sampling_mode: Literal[
-        "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"
-    ] = Field(
-        "sequence_mask",
-        description="Truncated IS correction for sampler/trainer mismatch and staleness: token- or "
-        "sequence-level, truncate (clip) or mask.",
+    vllm_importance_sampling_mode: (
+        Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] | None
+    ) = Field(
+        None,
+        description="IS correction for sampler/trainer mismatch and staleness: token- or sequence-level, "
+        "truncate (clip) or mask. Default: TRL's sequence_mask when pipeline.max_staleness is 0; "
+        "token_truncate when it is > 0 (a sequence ratio over a stale policy leaves the [0, C_max] band "
+        "for most long completions, and masking them throws their signal away).",
     )
     vllm_importance_sampling_clip_max: float | None = Field(
         3.0, gt=0, description="C_max: truncate modes clip ratios above it, mask modes zero them."
@@ -305,6 +307,12 @@ class PipelineConfig(BaseModel):
     num_trainer_workers: int = Field(
         1, ge=1, description="Trainer processes (one per GPU; CPU: processes)."
     )
+    trainer_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads of each trainer process (torch); default: all cores on a "
+        "CPU-only machine, Ray's default on GPU nodes.",
+    )
     trainer_gpus_per_worker: float = Field(
         0, ge=0, description="GPUs per trainer process (0 on CPU)."
     )
@@ -359,6 +367,9 @@ class RunConfig(BaseModel):
                 f"{t.gradient_accumulation_steps} x pipeline.num_trainer_workers {self.pipeline.num_trainer_workers}"
                 f" = {per_step}): change one of them"
             )
+        if t.vllm_importance_sampling_mode is None:
+            stale = self.pipeline.max_staleness > 0
+            t.vllm_importance_sampling_mode = "token_truncate" if stale else "sequence_mask"
         ahead = self.pipeline.dispatch_ahead
         if ahead is not None and ahead < self.pipeline.max_staleness:
             raise ValueError(

@@ -164,7 +164,8 @@ class Run:
         self.workers = [
             Actor.options(**self._role_options("grpo_trainer", gpus)).remote(
                 r, p.num_trainer_workers, master_addr, master_port, model_path,
-                self.cfg.trainer.model_dump(), self.cfg.model.model_dump(), steps, backend, p.dist_timeout_s)
+                self.cfg.trainer.model_dump(), self.cfg.model.model_dump(), steps, backend, p.dist_timeout_s,
+                p.trainer_threads or (None if gpus else max(1, (os.cpu_count() or 1) // p.num_trainer_workers)))
             for r in range(p.num_trainer_workers)
         ]
         ray.get([w.ready.remote() for w in self.workers])

@@ -271,7 +271,8 @@ class PolicyEngine:
                     logps,
                     mb.sampler_logprobs,
                     mask,
-                    s.vllm_importance_sampling_mode,
+                    # unresolved (settings used without a RunConfig): TRL's on-policy default
+                    s.vllm_importance_sampling_mode or "sequence_mask",
                     s.vllm_importance_sampling_clip_min,
                     s.vllm_importance_sampling_clip_max,
                 )

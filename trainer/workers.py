@@ -54,14 +54,19 @@ class TrainerWorker:
     """One trainer rank. Methods are collective: the driver calls them on every rank at once."""
 
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
-                 settings: dict, model_cfg: dict, total_steps: int, backend: str, timeout_s: float):
+                 settings: dict, model_cfg: dict, total_steps: int, backend: str, timeout_s: float,
+                 threads: int | None = None):
         for k in TORCH_ENV_VARS:
             os.environ.pop(k, None)
         os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         import datetime
 
+        import torch
         import torch.distributed as dist
+
+        if threads:  # Ray sets OMP_NUM_THREADS from the actor's num_cpus (1); CPU training wants more
+            torch.set_num_threads(threads)
 
         from trainer.config import GRPOSettings, ModelConfig
         from trainer.engine import PolicyEngine
