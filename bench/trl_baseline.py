@@ -24,7 +24,9 @@ def main() -> None:
     p.add_argument("--max-completion-length", type=int, default=128)
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--classes", default="digits", help="charclass classes, comma-separated (as data.classes)")
+    p.add_argument(
+        "--classes", default="digits", help="charclass classes, comma-separated (as data.classes)"
+    )
     p.add_argument("--out", required=True)
     a = p.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

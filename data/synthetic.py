@@ -45,7 +45,9 @@ SPLIT_SIZES = {"train": 512, "validation": 64, "test": 64}
 _SPLIT_SEED_OFFSET = {"train": 0, "validation": 1_000_003, "test": 2_000_003}
 
 
-def generate_rows(split: str, n: int, seed: int = 0, classes: list[str] | None = None) -> list[dict[str, str]]:
+def generate_rows(
+    split: str, n: int, seed: int = 0, classes: list[str] | None = None
+) -> list[dict[str, str]]:
     """`n` rows of `split`, identical for the same (split, n, seed, classes); classes cycle in order."""
     if split not in _SPLIT_SEED_OFFSET:
         raise ValueError(f"split must be one of {sorted(_SPLIT_SEED_OFFSET)}, got {split!r}")

@@ -14,22 +14,38 @@ def _parse_set(items: list[str]) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"--set {item!r}: expected dotted.key=value (e.g. --set trainer.max_steps=10)")
+            raise SystemExit(
+                f"--set {item!r}: expected dotted.key=value (e.g. --set trainer.max_steps=10)"
+            )
         k, v = item.split("=", 1)
         out[k] = yaml.safe_load(v)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer", description="Run the disaggregated GRPO pipeline.")
+    p = argparse.ArgumentParser(
+        prog="python -m trainer", description="Run the disaggregated GRPO pipeline."
+    )
     p.add_argument("--config", required=True, help="run YAML (see configs/)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in trainer.output_dir")
-    g.add_argument("--auto-resume", action="store_true",
-                   help="resume if trainer.output_dir holds a checkpoint, else start fresh (job retries)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in trainer.output_dir",
+    )
+    g.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="resume if trainer.output_dir holds a checkpoint, else start fresh (job retries)",
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
     a = p.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LOGLEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     for noisy in ("httpx", "mlflow", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from trainer.config import ConfigError, load_config

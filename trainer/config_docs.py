@@ -38,8 +38,12 @@ def _default(field: Any) -> str:
 
 
 def _section(name: str, model: type[BaseModel]) -> list[str]:
-    lines = [f"\n## `{name}`\n", (model.__doc__ or "").strip().split("\n")[0] + "\n" if model.__doc__ else "",
-             "| key | type | default | meaning |", "|---|---|---|---|"]
+    lines = [
+        f"\n## `{name}`\n",
+        (model.__doc__ or "").strip().split("\n")[0] + "\n" if model.__doc__ else "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
     nested = []
     for key, f in model.model_fields.items():
         ann = f.annotation
@@ -60,8 +64,12 @@ def render() -> str:
             out += _section(name, ann)
         else:
             out += [f"\n## `{name}`\n", f.description or ""]
-    out += ["\n## TRL keys accepted and ignored\n", "Seed-style configs may carry these; each is reported once at load.\n",
-            "| key | why it is ignored |", "|---|---|"]
+    out += [
+        "\n## TRL keys accepted and ignored\n",
+        "Seed-style configs may carry these; each is reported once at load.\n",
+        "| key | why it is ignored |",
+        "|---|---|",
+    ]
     out += [f"| `{k}` | {v} |" for k, v in IGNORED_TRL_KEYS.items()]
     return "\n".join(out) + "\n"
 

@@ -36,8 +36,12 @@ def _sampler_args(config_file: Path, dtype: str) -> list[str]:
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    ckpts = [p for p in (output_dir / "checkpoints").glob(f"{CKPT_PREFIX}*") if (p / "client_state.json").is_file()]
-    return max(ckpts, key=lambda p: int(p.name[len(CKPT_PREFIX):]), default=None)
+    ckpts = [
+        p
+        for p in (output_dir / "checkpoints").glob(f"{CKPT_PREFIX}*")
+        if (p / "client_state.json").is_file()
+    ]
+    return max(ckpts, key=lambda p: int(p.name[len(CKPT_PREFIX) :]), default=None)
 
 
 def total_steps(cfg: RunConfig, num_prompts: int) -> int:
@@ -72,13 +76,17 @@ class Run:
                 build_tiny_model(path, seed=m.tiny_seed)
             return str(path)
         if not (Path(m.name_or_path) / "config.json").is_file():
-            raise ConfigError(f"model.name_or_path: {m.name_or_path} is not a model folder (no config.json); "
-                              "give a local Hugging Face model folder or 'tiny'")
+            raise ConfigError(
+                f"model.name_or_path: {m.name_or_path} is not a model folder (no config.json); "
+                "give a local Hugging Face model folder or 'tiny'"
+            )
         return str(Path(m.name_or_path).resolve())
 
     def prepare_prompts(self, tokenizer: Any) -> tuple[list[Prompt], list[Prompt]]:
         d = self.cfg.data
-        train = tokenize_prompts(load_examples(d, d.train_split), tokenizer, d, self.cfg.trainer.max_prompt_length)
+        train = tokenize_prompts(
+            load_examples(d, d.train_split), tokenizer, d, self.cfg.trainer.max_prompt_length
+        )
         evals: list[Prompt] = []
         if d.eval_split and self.cfg.trainer.eval_steps:
             ev = load_examples(d, d.eval_split)[: d.max_eval_examples]
@@ -93,20 +101,36 @@ class Run:
         if ray.is_initialized():
             return
         p = self.cfg.pipeline
-        env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                                            os.environ.get("PYTHONPATH")]))}}
+        env = {
+            "env_vars": {
+                "PYTHONPATH": os.pathsep.join(
+                    filter(
+                        None,
+                        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")],
+                    )
+                )
+            }
+        }
         if p.ray_address:
             ray.init(address=p.ray_address, runtime_env=env, log_to_driver=True)
         else:
-            ray.init(num_cpus=p.ray_num_cpus or os.cpu_count(), include_dashboard=False, runtime_env=env,
-                     object_store_memory=256 << 20, log_to_driver=True)
+            ray.init(
+                num_cpus=p.ray_num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                runtime_env=env,
+                object_store_memory=256 << 20,
+                log_to_driver=True,
+            )
         self._owns_ray = True
 
     def _role_options(self, role: str, gpus: float) -> dict[str, Any]:
         """Place by the launcher's node resources when the cluster has them (Azure ML), else anywhere."""
         import ray
 
-        opts: dict[str, Any] = {"num_cpus": 0.01 if role == "grpo_sampler" else 0.5, "num_gpus": gpus}
+        opts: dict[str, Any] = {
+            "num_cpus": 0.01 if role == "grpo_sampler" else 0.5,
+            "num_gpus": gpus,
+        }
         if ray.cluster_resources().get(role):
             opts["resources"] = {role: 0.001}
         return opts
@@ -127,22 +151,37 @@ class Run:
         if s.external_urls:
             self.admin_key = s.admin_key or os.environ.get("SAMPLER_ADMIN_KEY") or ""
             if not self.admin_key:
-                raise ConfigError("sampler.external_urls needs sampler.admin_key (or SAMPLER_ADMIN_KEY): the "
-                                  "trainer pushes weights through the samplers' admin routes")
+                raise ConfigError(
+                    "sampler.external_urls needs sampler.admin_key (or SAMPLER_ADMIN_KEY): the "
+                    "trainer pushes weights through the samplers' admin routes"
+                )
             return list(s.external_urls)
         gpus = s.tensor_parallel_size if self._has_gpus() else 0
         Actor = ray.remote(max_restarts=0)(SamplerReplica)
-        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCH_COMPILE_DISABLE": "1"} if not gpus else {}
+        env = (
+            {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCH_COMPILE_DISABLE": "1"}
+            if not gpus
+            else {}
+        )
         self.replicas = [
             Actor.options(**self._role_options("grpo_sampler", gpus)).remote(
-                i, model_path, _sampler_args(config_file, dtype), s.host, self.api_key, self.admin_key,
-                str(self.out / "logs"), env)
+                i,
+                model_path,
+                _sampler_args(config_file, dtype),
+                s.host,
+                self.api_key,
+                self.admin_key,
+                str(self.out / "logs"),
+                env,
+            )
             for i in range(s.replicas)
         ]
         urls = ray.get([r.start.remote(s.startup_timeout_s) for r in self.replicas])
         self._write_replicas(ray.get([r.info.remote() for r in self.replicas]))
         for u in urls:
-            log.info("sampler replica live at %s (OpenAI API: %s/v1; API key in %s)", u, u, key_file)
+            log.info(
+                "sampler replica live at %s (OpenAI API: %s/v1; API key in %s)", u, u, key_file
+            )
         return urls
 
     def _has_gpus(self) -> bool:
@@ -163,9 +202,19 @@ class Run:
         master_addr = node_ip()
         self.workers = [
             Actor.options(**self._role_options("grpo_trainer", gpus)).remote(
-                r, p.num_trainer_workers, master_addr, master_port, model_path,
-                self.cfg.trainer.model_dump(), self.cfg.model.model_dump(), steps, backend, p.dist_timeout_s,
-                p.trainer_threads or (None if gpus else max(1, (os.cpu_count() or 1) // p.num_trainer_workers)))
+                r,
+                p.num_trainer_workers,
+                master_addr,
+                master_port,
+                model_path,
+                self.cfg.trainer.model_dump(),
+                self.cfg.model.model_dump(),
+                steps,
+                backend,
+                p.dist_timeout_s,
+                p.trainer_threads
+                or (None if gpus else max(1, (os.cpu_count() or 1) // p.num_trainer_workers)),
+            )
             for r in range(p.num_trainer_workers)
         ]
         ray.get([w.ready.remote() for w in self.workers])
@@ -178,15 +227,20 @@ class Run:
 
     # ------------------------------------------------------------------ loop helpers
     async def _all(self, method: str, *args: Any, per_rank: list[tuple] | None = None) -> list[Any]:
-        refs = [getattr(w, method).remote(*(per_rank[i] if per_rank else args)) for i, w in enumerate(self.workers)]
+        refs = [
+            getattr(w, method).remote(*(per_rank[i] if per_rank else args))
+            for i, w in enumerate(self.workers)
+        ]
         return list(await asyncio.gather(*refs))
 
     async def train(self, batch: StepBatch) -> dict[str, float]:
         n = len(self.workers)
         per = len(batch.samples) // n
-        shards = [(batch.samples[i * per:(i + 1) * per],) for i in range(n)]
+        shards = [(batch.samples[i * per : (i + 1) * per],) for i in range(n)]
         mask_trunc = self.cfg.trainer.mask_truncated_completions
-        items = sum(len(s.completion_token_ids) for s in batch.samples if not (mask_trunc and s.truncated))
+        items = sum(
+            len(s.completion_token_ids) for s in batch.samples if not (mask_trunc and s.truncated)
+        )
         results = await self._all("train_step", per_rank=[(sh[0], items) for sh in shards])
         return results[0]
 
@@ -199,7 +253,12 @@ class Run:
         from sampler.client import SamplingSpec
 
         t = self.cfg.trainer
-        spec = SamplingSpec(max_tokens=t.max_completion_length, temperature=t.temperature, top_p=t.top_p, top_k=t.top_k)
+        spec = SamplingSpec(
+            max_tokens=t.max_completion_length,
+            temperature=t.temperature,
+            top_p=t.top_p,
+            top_k=t.top_k,
+        )
         groups = await self.client.generate([p.token_ids for p in evals], 1, spec)
         comps = [[{"role": "assistant", "content": g.completions[0].text}] for g in groups]
         columns: dict[str, list] = {k: [p.columns.get(k) for p in evals] for k in evals[0].columns}
@@ -213,14 +272,22 @@ class Run:
     # ------------------------------------------------------------------ checkpoints
     async def save_checkpoint(self, step: int, batch: StepBatch, version: int) -> Path:
         path = self.out / "checkpoints" / f"{CKPT_PREFIX}{step}"
-        state = {"step": step, "cursor": {**self.cursor.state_dict(), "position": batch.cursor_position},
-                 "version": version, "mlflow_run_id": self.tracker.run_id if self.tracker else None}
+        state = {
+            "step": step,
+            "cursor": {**self.cursor.state_dict(), "position": batch.cursor_position},
+            "version": version,
+            "mlflow_run_id": self.tracker.run_id if self.tracker else None,
+        }
         await self._all("save_checkpoint", str(path), state)
-        (path / "client_state.json").write_text(json.dumps(state))  # written last: marks it complete
+        (path / "client_state.json").write_text(
+            json.dumps(state)
+        )  # written last: marks it complete
         limit = self.cfg.trainer.save_total_limit
         if limit:
-            old = sorted((p for p in (self.out / "checkpoints").glob(f"{CKPT_PREFIX}*") if p != path),
-                         key=lambda p: int(p.name[len(CKPT_PREFIX):]))
+            old = sorted(
+                (p for p in (self.out / "checkpoints").glob(f"{CKPT_PREFIX}*") if p != path),
+                key=lambda p: int(p.name[len(CKPT_PREFIX) :]),
+            )
             for p in old[: max(0, len(old) - (limit - 1))]:
                 shutil.rmtree(p, ignore_errors=True)
         return path
@@ -240,8 +307,10 @@ class Run:
         if self.resume and ckpt is None:
             raise ConfigError(f"--resume: no complete checkpoint under {self.out / 'checkpoints'}")
         if not self.resume and latest_checkpoint(self.out) is not None:
-            raise ConfigError(f"trainer.output_dir {self.out} already holds checkpoints: pass --resume to continue "
-                              "that run, or choose another output_dir")
+            raise ConfigError(
+                f"trainer.output_dir {self.out} already holds checkpoints: pass --resume to continue "
+                "that run, or choose another output_dir"
+            )
         from rewards.registry import resolve_reward
 
         for name in t.reward_funcs:  # fail before anything starts, naming the setting
@@ -256,50 +325,108 @@ class Run:
         self.cursor = DataCursor(len(train_prompts), t.seed, cfg.data.shuffle)
         dtype = cfg.sampler.dtype if cfg.sampler.dtype != "auto" else cfg.model.torch_dtype
         self.init_ray()
-        self.scorer = make_scorer(t.reward_funcs, t.reward_weights, cfg.rewards, max_completion_length=t.max_completion_length)
-        resolved = self.out / "resolved_config.yaml"  # what this run actually used, overrides included
+        self.scorer = make_scorer(
+            t.reward_funcs,
+            t.reward_weights,
+            cfg.rewards,
+            max_completion_length=t.max_completion_length,
+        )
+        resolved = (
+            self.out / "resolved_config.yaml"
+        )  # what this run actually used, overrides included
         resolved.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         resolved.chmod(0o600)  # may hold the API keys
         urls = self.start_samplers(model_path, "float32" if dtype == "auto" else dtype, resolved)
-        self.client = SamplerClient(urls, api_key=self.api_key, admin_key=self.admin_key,
-                                    request_timeout_s=cfg.sampler.request_timeout_s)
+        self.client = SamplerClient(
+            urls,
+            api_key=self.api_key,
+            admin_key=self.admin_key,
+            request_timeout_s=cfg.sampler.request_timeout_s,
+        )
         try:
             await self.client.wait_healthy(cfg.sampler.startup_timeout_s)
         except TimeoutError as e:
-            setting = "sampler.external_urls" if cfg.sampler.external_urls else "sampler (launched replicas)"
+            setting = (
+                "sampler.external_urls"
+                if cfg.sampler.external_urls
+                else "sampler (launched replicas)"
+            )
             raise ConfigError(f"{setting}: {e}; start them or fix the URLs") from None
         self.start_trainers(model_path, steps)
         transport = self.weight_transport()
-        await self._all("setup_pusher", urls, self.api_key, self.admin_key, transport,
-                        cfg.pipeline.weight_sync_bucket_mb << 20, cfg.pipeline.dist_timeout_s,
-                        cfg.pipeline.weight_sync_dir or str(self.out / "weight_sync"))
+        await self._all(
+            "setup_pusher",
+            urls,
+            self.api_key,
+            self.admin_key,
+            transport,
+            cfg.pipeline.weight_sync_bucket_mb << 20,
+            cfg.pipeline.dist_timeout_s,
+            cfg.pipeline.weight_sync_dir or str(self.out / "weight_sync"),
+        )
 
         start_step, version, run_id = 0, 0, None
         if ckpt is not None:
             states = await self._all("load_checkpoint", str(ckpt))
             state = json.loads((ckpt / "client_state.json").read_text()) or states[0]
-            start_step, version, run_id = state["step"], state["version"], state.get("mlflow_run_id")
+            start_step, version, run_id = (
+                state["step"],
+                state["version"],
+                state.get("mlflow_run_id"),
+            )
             self.cursor.load_state_dict(state["cursor"])
-            await self.push(version)  # the samplers serve the checkpoint's weights before any rollout
+            await self.push(
+                version
+            )  # the samplers serve the checkpoint's weights before any rollout
             log.info("resumed from %s: step %d, policy version %d", ckpt, start_step, version)
         elif cfg.sampler.external_urls:
-            await self.push(version)  # external samplers start from the trainer's weights, not their own
+            await self.push(
+                version
+            )  # external samplers start from the trainer's weights, not their own
         self._truncate_logs(start_step)
 
-        self.tracker = Tracker(tracking_uri(cfg.mlflow.tracking_uri, str(self.out)), cfg.mlflow.experiment_name,
-                               t.run_name, run_id=run_id)
+        self.tracker = Tracker(
+            tracking_uri(cfg.mlflow.tracking_uri, str(self.out)),
+            cfg.mlflow.experiment_name,
+            t.run_name,
+            run_id=run_id,
+        )
         if run_id is None:
-            self.tracker.params({**{f"trainer.{k}": v for k, v in t.model_dump().items()},
-                                 "model": cfg.model.name_or_path, "sampler_urls": urls,
-                                 "sampler_api_key_file": str(self.key_file), "max_staleness": cfg.pipeline.max_staleness,
-                                 "weight_sync": transport, "num_trainer_workers": cfg.pipeline.num_trainer_workers})
+            self.tracker.params(
+                {
+                    **{f"trainer.{k}": v for k, v in t.model_dump().items()},
+                    "model": cfg.model.name_or_path,
+                    "sampler_urls": urls,
+                    "sampler_api_key_file": str(self.key_file),
+                    "max_staleness": cfg.pipeline.max_staleness,
+                    "weight_sync": transport,
+                    "num_trainer_workers": cfg.pipeline.num_trainer_workers,
+                }
+            )
         names = [reward_name(n) for n in t.reward_funcs]
-        spec = SamplingSpec(max_tokens=t.max_completion_length, temperature=t.temperature, top_p=t.top_p,
-                            top_k=t.top_k, min_p=t.min_p, repetition_penalty=t.repetition_penalty)
-        settings = RolloutSettings(t.num_generations, cfg.prompts_per_step, cfg.pipeline.max_staleness,
-                                   t.scale_rewards, spec, cfg.pipeline.filter_zero_std_groups,
-                                   cfg.pipeline.max_inflight_prompts, names, steps, cfg.dispatch_ahead)
-        self.orch = Orchestrator(train_prompts, self.cursor, self.client, self.scorer, settings, start_step, version)
+        spec = SamplingSpec(
+            max_tokens=t.max_completion_length,
+            temperature=t.temperature,
+            top_p=t.top_p,
+            top_k=t.top_k,
+            min_p=t.min_p,
+            repetition_penalty=t.repetition_penalty,
+        )
+        settings = RolloutSettings(
+            t.num_generations,
+            cfg.prompts_per_step,
+            cfg.pipeline.max_staleness,
+            t.scale_rewards,
+            spec,
+            cfg.pipeline.filter_zero_std_groups,
+            cfg.pipeline.max_inflight_prompts,
+            names,
+            steps,
+            cfg.dispatch_ahead,
+        )
+        self.orch = Orchestrator(
+            train_prompts, self.cursor, self.client, self.scorer, settings, start_step, version
+        )
         self.orch.start()
         if eval_prompts and t.eval_on_start and start_step == 0:
             self.tracker.metrics(await self.evaluate(eval_prompts), step=0)
@@ -315,8 +442,15 @@ class Run:
                 metrics.update(await self.push(version))
                 self.orch.set_version(version)
             t3 = time.perf_counter()
-            metrics.update({"timing/wait_rollout_s": t1 - t0, "timing/train_s": t2 - t1, "timing/step_s": t3 - t0,
-                            "policy/version": float(version), "epoch": batch.cursor_position / self.cursor.n})
+            metrics.update(
+                {
+                    "timing/wait_rollout_s": t1 - t0,
+                    "timing/train_s": t2 - t1,
+                    "timing/step_s": t3 - t0,
+                    "policy/version": float(version),
+                    "epoch": batch.cursor_position / self.cursor.n,
+                }
+            )
             self._record_trained(step, batch)
             self._append("metrics.jsonl", {"step": step + 1, **metrics})
             if (step + 1) % t.logging_steps == 0 or step == start_step:
@@ -336,13 +470,18 @@ class Run:
         if cfg.mlflow.log_model:
             uri = self.tracker.log_model(str(final), pip_requirements())
             log.info("MLflow model: %s", uri)
-        if os.environ.get("GRPO_MODEL_OUTPUT_DIR"):  # the Azure ML job's model output (deploy/launch.py)
+        if os.environ.get(
+            "GRPO_MODEL_OUTPUT_DIR"
+        ):  # the Azure ML job's model output (deploy/launch.py)
             dest = Path(os.environ["GRPO_MODEL_OUTPUT_DIR"])
             self.tracker.save_model(str(final), str(dest), pip_requirements())
             log.info("MLflow model saved to the job output %s", dest)
         self.tracker.end()
-        print(f"\nDone. Final model: {final}\nMLflow: {self.tracker.uri} (run {self.tracker.run_id})\n"
-              f"Open the UI with: .venv/bin/mlflow ui --backend-store-uri {self.tracker.uri}", flush=True)
+        print(
+            f"\nDone. Final model: {final}\nMLflow: {self.tracker.uri} (run {self.tracker.run_id})\n"
+            f"Open the UI with: .venv/bin/mlflow ui --backend-store-uri {self.tracker.uri}",
+            flush=True,
+        )
         return 0
 
     async def _heal_replicas(self, version: int) -> None:
@@ -363,7 +502,9 @@ class Run:
             self.client.set_urls(alive_urls)
             served = (await self.client.versions()).get(url)
             if served != version:
-                raise RuntimeError(f"restarted sampler replica {i} reports version {served} after resync to {version}")
+                raise RuntimeError(
+                    f"restarted sampler replica {i} reports version {served} after resync to {version}"
+                )
             self.orch.counters["sampler_restarts"] += 1
             log.info("sampler replica %d back at %s with version %d", i, url, version)
         infos = await asyncio.gather(*[r.info.remote() for r in self.replicas])
@@ -375,8 +516,14 @@ class Run:
 
     def _record_trained(self, step: int, batch: StepBatch) -> None:
         """Audit log: which prompts (and versions) each step trained on. Tests check it for exactness."""
-        self._append("trained_prompts.jsonl", {"step": step, "prompt_ids": [g.prompt.id for g in batch.groups],
-                                               "versions": [g.policy_version for g in batch.groups]})
+        self._append(
+            "trained_prompts.jsonl",
+            {
+                "step": step,
+                "prompt_ids": [g.prompt.id for g in batch.groups],
+                "versions": [g.policy_version for g in batch.groups],
+            },
+        )
 
     def _append(self, name: str, row: dict) -> None:
         with open(self.out / name, "a") as f:
@@ -384,21 +531,40 @@ class Run:
 
     def _truncate_logs(self, start_step: int) -> None:
         """On resume, forget steps after the checkpoint: they are trained again."""
-        for name, last_kept in (("trained_prompts.jsonl", start_step - 1), ("metrics.jsonl", start_step)):
+        for name, last_kept in (
+            ("trained_prompts.jsonl", start_step - 1),
+            ("metrics.jsonl", start_step),
+        ):
             path = self.out / name
             if path.exists():
-                keep = [x for x in path.read_text().splitlines() if x and json.loads(x)["step"] <= last_kept]
+                keep = [
+                    x
+                    for x in path.read_text().splitlines()
+                    if x and json.loads(x)["step"] <= last_kept
+                ]
                 path.write_text("".join(x + "\n" for x in keep))
 
     def _log_completions(self, step: int, batch: StepBatch) -> None:
-        rows = [{"step": step, "prompt_id": s.prompt_id, "completion": s.completion_text, "reward": s.reward,
-                 "advantage": s.advantage, "policy_version": s.policy_version} for s in batch.samples]
+        rows = [
+            {
+                "step": step,
+                "prompt_id": s.prompt_id,
+                "completion": s.completion_text,
+                "reward": s.reward,
+                "advantage": s.advantage,
+                "policy_version": s.policy_version,
+            }
+            for s in batch.samples
+        ]
         self.tracker.table(rows, f"completions/step_{step:06d}.json")
 
     def _progress(self, step: int, steps: int, m: dict[str, float]) -> None:
-        print(f"step {step}/{steps} | reward {m.get('reward', float('nan')):.3f} | step {m['timing/step_s']:.2f}s "
-              f"| {m.get('sampler/tokens_per_s', 0):.0f} tok/s | version {int(m['policy/version'])} "
-              f"| loss {m.get('loss', float('nan')):.4f}", flush=True)
+        print(
+            f"step {step}/{steps} | reward {m.get('reward', float('nan')):.3f} | step {m['timing/step_s']:.2f}s "
+            f"| {m.get('sampler/tokens_per_s', 0):.0f} tok/s | version {int(m['policy/version'])} "
+            f"| loss {m.get('loss', float('nan')):.4f}",
+            flush=True,
+        )
 
     async def shutdown(self) -> None:
         import ray

@@ -70,15 +70,32 @@ class RolloutSettings:
 
 
 class Orchestrator:
-    def __init__(self, prompts: list[Prompt], cursor: DataCursor, client: Any, scorer: Any, settings: RolloutSettings,
-                 start_step: int = 0, start_version: int = 0):
-        self.prompts, self.cursor, self.client, self.scorer, self.s = prompts, cursor, client, scorer, settings
+    def __init__(
+        self,
+        prompts: list[Prompt],
+        cursor: DataCursor,
+        client: Any,
+        scorer: Any,
+        settings: RolloutSettings,
+        start_step: int = 0,
+        start_version: int = 0,
+    ):
+        self.prompts, self.cursor, self.client, self.scorer, self.s = (
+            prompts,
+            cursor,
+            client,
+            scorer,
+            settings,
+        )
         self.version = start_version
         self.next_step_to_dispatch = start_step
         self.counters: Counter[str] = Counter()
         self._ready: dict[int, asyncio.Future] = {}
         self._version_changed = asyncio.Event()
-        self._inflight = asyncio.Semaphore(settings.max_inflight_prompts or 2 * settings.prompts_per_step * (settings.max_staleness + 1))
+        self._inflight = asyncio.Semaphore(
+            settings.max_inflight_prompts
+            or 2 * settings.prompts_per_step * (settings.max_staleness + 1)
+        )
         self._tasks: set[asyncio.Task] = set()
         self._dispatcher: asyncio.Task | None = None
         self._closed = False
@@ -95,7 +112,9 @@ class Orchestrator:
         for t in [self._dispatcher, *self._tasks]:
             if t is not None:
                 t.cancel()
-        await asyncio.gather(*[t for t in [self._dispatcher, *self._tasks] if t is not None], return_exceptions=True)
+        await asyncio.gather(
+            *[t for t in [self._dispatcher, *self._tasks] if t is not None], return_exceptions=True
+        )
 
     def set_version(self, version: int) -> None:
         """The samplers now serve `version` (called after each weight push)."""
@@ -163,7 +182,9 @@ class Orchestrator:
 
     async def _collect_groups(self, step: int, picks: list[tuple[int, int]]) -> list[Group]:
         need = self.s.prompts_per_step
-        groups = list(await asyncio.gather(*[self._one_group(pos, idx, step) for pos, idx in picks]))
+        groups = list(
+            await asyncio.gather(*[self._one_group(pos, idx, step) for pos, idx in picks])
+        )
         if not self.s.filter_zero_std_groups:
             return groups
         useful = [g for g in groups if not g.zero_std]
@@ -177,7 +198,9 @@ class Orchestrator:
             useful += [g for g in more if not g.zero_std]
             filtered += [g for g in more if g.zero_std]
         self.counters["zero_std_groups_filtered"] += len(filtered)
-        if len(useful) < need:  # no signal anywhere: train on some filtered groups (advantage 0) rather than stall
+        if (
+            len(useful) < need
+        ):  # no signal anywhere: train on some filtered groups (advantage 0) rather than stall
             filler = sorted(filtered, key=lambda g: g.position)[: need - len(useful)]
             self.counters["zero_std_groups_kept"] += len(filler)
             self.counters["zero_std_groups_filtered"] -= len(filler)
@@ -190,17 +213,31 @@ class Orchestrator:
         while True:
             async with self._inflight:
                 t0 = time.perf_counter()
-                [res] = await self.client.generate([prompt.token_ids], self.s.num_generations, self.s.sampling)
+                [res] = await self.client.generate(
+                    [prompt.token_ids], self.s.num_generations, self.s.sampling
+                )
                 t1 = time.perf_counter()
             if res.policy_version < min_version:
                 self.counters["stale_groups_dropped"] += 1
-                log.info("dropped a group of prompt %s: version %d < %d; re-issuing", prompt.id, res.policy_version,
-                         min_version)
+                log.info(
+                    "dropped a group of prompt %s: version %d < %d; re-issuing",
+                    prompt.id,
+                    res.policy_version,
+                    min_version,
+                )
                 continue
             samples = await self._score(prompt, res)
             t2 = time.perf_counter()
             scored = {s.reward for s in samples if not math.isnan(s.reward)}
-            return Group(position, prompt, samples, res.policy_version, t1 - t0, t2 - t1, zero_std=len(scored) <= 1)
+            return Group(
+                position,
+                prompt,
+                samples,
+                res.policy_version,
+                t1 - t0,
+                t2 - t1,
+                zero_std=len(scored) <= 1,
+            )
 
     async def _score(self, prompt: Prompt, res: Any) -> list[ScoredSample]:
         comps = res.completions
@@ -214,14 +251,21 @@ class Orchestrator:
         out = []
         for i, c in enumerate(comps):
             total = batch.total[i]
-            out.append(ScoredSample(
-                prompt_id=prompt.id, group_index=i, prompt_token_ids=list(res.prompt_token_ids),
-                completion_token_ids=list(c.token_ids), sampler_logprobs=list(c.logprobs),
-                finish_reason=c.finish_reason, policy_version=res.policy_version,
-                # NaN (no reward function could score it): left out of its group's baseline, advantage 0
-                reward=float("nan") if total is None else float(total),
-                rewards_per_func={k: v[i] for k, v in batch.per_func.items()}, completion_text=c.text,
-            ))
+            out.append(
+                ScoredSample(
+                    prompt_id=prompt.id,
+                    group_index=i,
+                    prompt_token_ids=list(res.prompt_token_ids),
+                    completion_token_ids=list(c.token_ids),
+                    sampler_logprobs=list(c.logprobs),
+                    finish_reason=c.finish_reason,
+                    policy_version=res.policy_version,
+                    # NaN (no reward function could score it): left out of its group's baseline, advantage 0
+                    reward=float("nan") if total is None else float(total),
+                    rewards_per_func={k: v[i] for k, v in batch.per_func.items()},
+                    completion_text=c.text,
+                )
+            )
         return out
 
     def _assemble(self, step: int, groups: list[Group]) -> StepBatch:
@@ -235,7 +279,9 @@ class Orchestrator:
             vals = [s.rewards_per_func.get(name) for s in samples]
             vals = [v for v in vals if v is not None and not math.isnan(v)]
             metrics[f"rewards/{name}/mean"] = sum(vals) / len(vals) if vals else float("nan")
-            metrics[f"rewards/{name}/std"] = float(torch.tensor(vals).std()) if len(vals) > 1 else 0.0
+            metrics[f"rewards/{name}/std"] = (
+                float(torch.tensor(vals).std()) if len(vals) > 1 else 0.0
+            )
         lengths = [len(s.completion_token_ids) for s in samples]
         metrics["completions/mean_length"] = sum(lengths) / len(lengths)
         metrics["completions/min_length"] = float(min(lengths))
@@ -246,7 +292,9 @@ class Orchestrator:
         metrics["policy/staleness_mean"] = float(step - sum(versions) / len(versions))
         metrics["timing/generate_s"] = max(g.generate_s for g in groups)
         metrics["timing/reward_s"] = max(g.reward_s for g in groups)
-        metrics["sampler/tokens_per_s"] = sum(lengths) / max(1e-9, sum(g.generate_s for g in groups) / max(1, len(groups)))
+        metrics["sampler/tokens_per_s"] = sum(lengths) / max(
+            1e-9, sum(g.generate_s for g in groups) / max(1, len(groups))
+        )
         for k, v in self.counters.items():
             metrics[f"rollout/{k}"] = float(v)
         for k, v in self._reward_failures.items():

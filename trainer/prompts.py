@@ -31,8 +31,15 @@ def load_examples(cfg: DataConfig, split: str) -> list[Example]:
     if cfg.source == "charclass":
         from data.synthetic import SPLIT_SIZES, generate_rows
 
-        n = cfg.num_train_examples if split == cfg.train_split and cfg.num_train_examples else SPLIT_SIZES.get(split, 64)
-        return [Example(r["id"], r["problem"], r["solution"]) for r in generate_rows(split, n, cfg.seed, cfg.classes)]
+        n = (
+            cfg.num_train_examples
+            if split == cfg.train_split and cfg.num_train_examples
+            else SPLIT_SIZES.get(split, 64)
+        )
+        return [
+            Example(r["id"], r["problem"], r["solution"])
+            for r in generate_rows(split, n, cfg.seed, cfg.classes)
+        ]
     from pathlib import Path
 
     examples = load_split(Path(cfg.path) / f"{split}.jsonl", cfg.answer_choices)
@@ -41,7 +48,9 @@ def load_examples(cfg: DataConfig, split: str) -> list[Example]:
     return examples
 
 
-def tokenize_prompts(examples: list[Example], tokenizer: Any, cfg: DataConfig, max_prompt_length: int | None) -> list[Prompt]:
+def tokenize_prompts(
+    examples: list[Example], tokenizer: Any, cfg: DataConfig, max_prompt_length: int | None
+) -> list[Prompt]:
     """Apply the chat template; prompts longer than max_prompt_length keep their last tokens (as TRL)."""
     out, truncated = [], 0
     for ex in examples:
@@ -53,8 +62,12 @@ def tokenize_prompts(examples: list[Example], tokenizer: Any, cfg: DataConfig, m
             truncated += 1
         out.append(Prompt(ex.id, list(ids), messages, ex.reward_columns()))
     if truncated:
-        log.warning("%d of %d prompts were longer than max_prompt_length=%s and were left-truncated",
-                    truncated, len(examples), max_prompt_length)
+        log.warning(
+            "%d of %d prompts were longer than max_prompt_length=%s and were left-truncated",
+            truncated,
+            len(examples),
+            max_prompt_length,
+        )
     return out
 
 
@@ -93,7 +106,12 @@ class DataCursor:
         return self.position / self.n
 
     def state_dict(self) -> dict[str, int]:
-        return {"position": self.position, "num_prompts": self.n, "seed": self.seed, "shuffle": int(self.shuffle)}
+        return {
+            "position": self.position,
+            "num_prompts": self.n,
+            "seed": self.seed,
+            "shuffle": int(self.shuffle),
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["num_prompts"] != self.n or state["seed"] != self.seed:

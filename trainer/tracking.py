@@ -29,12 +29,21 @@ def pip_requirements() -> list[str]:
     """Explicit requirements of the logged model (offline, MLflow cannot infer them)."""
     from importlib.metadata import version
 
-    return [f"{p}=={version(p)}" for p in ("torch", "transformers", "accelerate", "tokenizers", "safetensors")]
+    return [
+        f"{p}=={version(p)}"
+        for p in ("torch", "transformers", "accelerate", "tokenizers", "safetensors")
+    ]
 
 
 class Tracker:
-    def __init__(self, uri: str, experiment: str, run_name: str | None, run_id: str | None = None,
-                 artifact_root: str | None = None):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str | None,
+        run_id: str | None = None,
+        artifact_root: str | None = None,
+    ):
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         import mlflow
 
@@ -53,15 +62,23 @@ class Tracker:
             try:
                 self.mlflow.log_param(k, str(v)[:6000])
             except self.mlflow.exceptions.MlflowException as e:
-                log.warning("param %s not logged (%s)", k, e)  # a resumed run may not change a param
+                log.warning(
+                    "param %s not logged (%s)", k, e
+                )  # a resumed run may not change a param
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
-        clean = {k.replace("@", "_"): float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        clean = {
+            k.replace("@", "_"): float(v)
+            for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))
+        }
         if clean:
             self.mlflow.log_metrics(clean, step=step)
 
     def table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
-        self.mlflow.log_table(data={k: [r.get(k) for r in rows] for k in rows[0]}, artifact_file=artifact_file)
+        self.mlflow.log_table(
+            data={k: [r.get(k) for r in rows] for k in rows[0]}, artifact_file=artifact_file
+        )
 
     def artifact(self, path: str, artifact_path: str | None = None) -> None:
         self.mlflow.log_artifact(path, artifact_path=artifact_path)
@@ -73,7 +90,9 @@ class Tracker:
         model = AutoModelForCausalLM.from_pretrained(model_dir)
         tok = AutoTokenizer.from_pretrained(model_dir)
         info = self.mlflow.transformers.log_model(
-            transformers_model={"model": model, "tokenizer": tok}, name="model", task="llm/v1/chat",
+            transformers_model={"model": model, "tokenizer": tok},
+            name="model",
+            task="llm/v1/chat",
             pip_requirements=pip_requirements,
         )
         return info.model_uri
@@ -87,7 +106,9 @@ class Tracker:
         if Path(path).exists() and any(Path(path).iterdir()):
             path = str(Path(path) / "mlflow_model")
         self.mlflow.transformers.save_model(
-            transformers_model={"model": model, "tokenizer": tok}, path=path, task="llm/v1/chat",
+            transformers_model={"model": model, "tokenizer": tok},
+            path=path,
+            task="llm/v1/chat",
             pip_requirements=pip_requirements,
         )
 

@@ -24,8 +24,18 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # Environment a child role inherits from AML/torchrun that would confuse its own process group.
-TORCH_ENV_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                  "GROUP_RANK", "ROLE_RANK", "NODE_RANK", "TORCHELASTIC_RUN_ID")
+TORCH_ENV_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "NODE_RANK",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -53,30 +63,55 @@ def _die_with_parent() -> None:
 class TrainerWorker:
     """One trainer rank. Methods are collective: the driver calls them on every rank at once."""
 
-    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str,
-                 settings: dict, model_cfg: dict, total_steps: int, backend: str, timeout_s: float,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        model_path: str,
+        settings: dict,
+        model_cfg: dict,
+        total_steps: int,
+        backend: str,
+        timeout_s: float,
+        threads: int | None = None,
+    ):
         for k in TORCH_ENV_VARS:
             os.environ.pop(k, None)
-        os.environ.update(RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        os.environ.update(
+            RANK=str(rank),
+            LOCAL_RANK="0",
+            WORLD_SIZE=str(world_size),
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+        )
         import datetime
 
         import torch
         import torch.distributed as dist
 
-        if threads:  # Ray sets OMP_NUM_THREADS from the actor's num_cpus (1); CPU training wants more
+        if (
+            threads
+        ):  # Ray sets OMP_NUM_THREADS from the actor's num_cpus (1); CPU training wants more
             torch.set_num_threads(threads)
 
         from trainer.config import GRPOSettings, ModelConfig
         from trainer.engine import PolicyEngine
 
         if not dist.is_initialized():
-            dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                                    timeout=datetime.timedelta(seconds=timeout_s))
+            dist.init_process_group(
+                backend=backend,
+                rank=rank,
+                world_size=world_size,
+                timeout=datetime.timedelta(seconds=timeout_s),
+            )
         self.rank, self.world_size = rank, world_size
         self.settings = GRPOSettings.model_validate(settings)
-        self.engine = PolicyEngine(model_path, self.settings, ModelConfig.model_validate(model_cfg), total_steps)
+        self.engine = PolicyEngine(
+            model_path, self.settings, ModelConfig.model_validate(model_cfg), total_steps
+        )
         self.pad_token_id = self.engine.tokenizer.pad_token_id
         self.pusher = None
         self._loop = asyncio.new_event_loop()
@@ -87,24 +122,43 @@ class TrainerWorker:
     def train_step(self, samples: list, num_items_in_batch: int) -> dict[str, float]:
         from trainer.batch import collate
 
-        batch = collate(samples, self.pad_token_id, mask_truncated_completions=self.settings.mask_truncated_completions)
+        batch = collate(
+            samples,
+            self.pad_token_id,
+            mask_truncated_completions=self.settings.mask_truncated_completions,
+        )
         return self.engine.train_step(batch, num_items_in_batch=num_items_in_batch)
 
-    def setup_pusher(self, urls: list[str], api_key: str | None, admin_key: str, transport: str,
-                     bucket_bytes: int, timeout_s: float, shared_dir: str | None) -> None:
+    def setup_pusher(
+        self,
+        urls: list[str],
+        api_key: str | None,
+        admin_key: str,
+        transport: str,
+        bucket_bytes: int,
+        timeout_s: float,
+        shared_dir: str | None,
+    ) -> None:
         if self.rank != 0:
             return
         from sampler.client import SamplerClient, make_weight_pusher
 
         self.client = SamplerClient(urls, api_key=api_key, admin_key=admin_key)
-        self.pusher = make_weight_pusher(transport, self.client, bucket_bytes=bucket_bytes, timeout_s=timeout_s,
-                                         shared_dir=shared_dir)
+        self.pusher = make_weight_pusher(
+            transport,
+            self.client,
+            bucket_bytes=bucket_bytes,
+            timeout_s=timeout_s,
+            shared_dir=shared_dir,
+        )
 
     def set_sampler_urls(self, urls: list[str]) -> None:
         if self.rank == 0:
             self.client.set_urls(urls)
 
-    def push_weights(self, version: int, bucket_bytes: int, urls: list[str] | None = None) -> dict[str, float]:
+    def push_weights(
+        self, version: int, bucket_bytes: int, urls: list[str] | None = None
+    ) -> dict[str, float]:
         """Collective: every rank walks the (ZeRO-gathered) parameters; rank 0 sends them."""
         it = self.engine.iter_named_params_for_sync(bucket_bytes)
         if self.rank != 0:
@@ -113,7 +167,10 @@ class TrainerWorker:
             return {}
         t0 = time.perf_counter()
         stats = self._loop.run_until_complete(self.pusher.push(it, version, urls=urls))
-        return {"timing/weight_sync_s": time.perf_counter() - t0, **{f"weight_sync/{k}": float(v) for k, v in (stats or {}).items()}}
+        return {
+            "timing/weight_sync_s": time.perf_counter() - t0,
+            **{f"weight_sync/{k}": float(v) for k, v in (stats or {}).items()},
+        }
 
     def save_checkpoint(self, path: str, client_state: dict) -> None:
         self.engine.save_checkpoint(path, client_state)
@@ -137,8 +194,17 @@ class TrainerWorker:
 class SamplerReplica:
     """Runs one sampler server process (`python -m sampler`) on this node."""
 
-    def __init__(self, index: int, model_path: str, sampler_args: list[str], host: str, api_key: str | None,
-                 admin_key: str, log_dir: str, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        index: int,
+        model_path: str,
+        sampler_args: list[str],
+        host: str,
+        api_key: str | None,
+        admin_key: str,
+        log_dir: str,
+        env: dict[str, str] | None = None,
+    ):
         self.index, self.model_path, self.args = index, model_path, sampler_args
         self.host, self.api_key, self.admin_key = host, api_key, admin_key
         self.log_dir = Path(log_dir)
@@ -156,12 +222,24 @@ class SamplerReplica:
         if self.api_key:
             env["SAMPLER_API_KEY"] = self.api_key
         env["SAMPLER_ADMIN_KEY"] = self.admin_key
-        cmd = [sys.executable, "-m", "sampler", "--model", self.model_path, "--host", self.host, "--port", str(port),
-               *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sampler",
+            "--model",
+            self.model_path,
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            *self.args,
+        ]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.restarts += 1
         logf = open(self.log_dir / f"sampler-{self.index}.log", "ab")  # noqa: SIM115 (owned by the child)
-        self.proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
         advertised = node_ip() if self.host not in ("127.0.0.1", "localhost") else "127.0.0.1"
         self.url = f"http://{advertised}:{port}"
         self._wait_healthy(timeout_s)
@@ -173,15 +251,19 @@ class SamplerReplica:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"sampler replica {self.index} exited with code {self.proc.returncode} while "
-                                   f"starting; see {self.log_dir / f'sampler-{self.index}.log'}")
+                raise RuntimeError(
+                    f"sampler replica {self.index} exited with code {self.proc.returncode} while "
+                    f"starting; see {self.log_dir / f'sampler-{self.index}.log'}"
+                )
             try:
                 if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass  # not listening yet
             time.sleep(0.25)  # polling a subprocess we do not control; bounded by the deadline
-        raise TimeoutError(f"sampler replica {self.index} not healthy after {timeout_s:.0f}s at {self.url}")
+        raise TimeoutError(
+            f"sampler replica {self.index} not healthy after {timeout_s:.0f}s at {self.url}"
+        )
 
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
@@ -190,7 +272,13 @@ class SamplerReplica:
         return self.proc is not None and self.proc.poll() is None
 
     def info(self) -> dict[str, Any]:
-        return {"index": self.index, "url": self.url, "pid": self.pid(), "alive": self.alive(), "restarts": self.restarts}
+        return {
+            "index": self.index,
+            "url": self.url,
+            "pid": self.pid(),
+            "alive": self.alive(),
+            "restarts": self.restarts,
+        }
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

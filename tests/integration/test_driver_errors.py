@@ -14,7 +14,9 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def _driver(tmp_path: Path, overrides: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def _driver(
+    tmp_path: Path, overrides: dict, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess:
     cfg = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
     for dotted, value in {"trainer.output_dir": str(tmp_path / "run"), **overrides}.items():
         *parents, leaf = dotted.split(".")
@@ -25,8 +27,14 @@ def _driver(tmp_path: Path, overrides: dict, *args: str, timeout: float = 300) -
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "trainer", "--config", str(path), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "trainer", "--config", str(path), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.parametrize(
@@ -37,8 +45,14 @@ def _driver(tmp_path: Path, overrides: dict, *args: str, timeout: float = 300) -
         ({"trainer.reward_funcs": ["char_class", "nope"]}, "nope"),
         ({"model.name_or_path": "/does/not/exist"}, "model.name_or_path"),
         ({"pipeline.weight_sync_bucket": 3}, "pipeline.weight_sync_bucket"),
-        ({"sampler.external_urls": ["http://127.0.0.1:9"], "sampler.admin_key": "k", "sampler.startup_timeout_s": 2},
-         "sampler.external_urls"),
+        (
+            {
+                "sampler.external_urls": ["http://127.0.0.1:9"],
+                "sampler.admin_key": "k",
+                "sampler.startup_timeout_s": 2,
+            },
+            "sampler.external_urls",
+        ),
         ({"sampler.external_urls": ["http://127.0.0.1:9"]}, "needs sampler.admin_key"),
     ],
 )
@@ -51,7 +65,9 @@ def test_bad_config_fails_before_training(tmp_path, overrides, needle):
 
 def test_resume_without_checkpoint_and_fresh_run_over_checkpoints(tmp_path):
     proc = _driver(tmp_path, {}, "--resume")
-    assert proc.returncode == 2 and "--resume: no complete checkpoint" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "--resume: no complete checkpoint" in proc.stderr, proc.stderr[
+        -2000:
+    ]
     (tmp_path / "run" / "checkpoints" / "step-3").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "step-3" / "client_state.json").write_text("{}")
     proc = _driver(tmp_path, {})

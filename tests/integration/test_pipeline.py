@@ -272,8 +272,15 @@ def test_zero_variance_groups_are_filtered_and_counted(tmp_path):
     random tiny model scores 0 everywhere), groups are filtered, over-sampled, counted, and the run
     still finishes instead of stalling."""
     out = tmp_path / "run"
-    _run(out, "pipeline.filter_zero_std_groups=true", "trainer.reward_funcs=[format]", "trainer.max_steps=2",
-         "trainer.eval_steps=null", "trainer.save_steps=100", "pipeline.max_staleness=0")
+    _run(
+        out,
+        "pipeline.filter_zero_std_groups=true",
+        "trainer.reward_funcs=[format]",
+        "trainer.max_steps=2",
+        "trainer.eval_steps=null",
+        "trainer.save_steps=100",
+        "pipeline.max_staleness=0",
+    )
     m = _jsonl(out / "metrics.jsonl")[-1]
     assert m["rollout/zero_std_groups_filtered"] >= 4 and m["rollout/zero_std_groups_kept"] == 8
     trained = _jsonl(out / "trained_prompts.jsonl")
@@ -285,11 +292,21 @@ def test_ctrl_c_shuts_every_role_down(tmp_path):
     out = tmp_path / "run"
     log_path = tmp_path / "driver.log"
     with open(log_path, "w") as logf:  # a file, not a pipe: nobody reads it while the driver runs
-        proc = subprocess.Popen(_cmd(out, "trainer.max_steps=500", "trainer.eval_steps=null"), cwd=REPO, env=_env(),
-                                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            _cmd(out, "trainer.max_steps=500", "trainer.eval_steps=null"),
+            cwd=REPO,
+            env=_env(),
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        _wait_for(lambda: (out / "metrics.jsonl").exists() and len(_jsonl(out / "metrics.jsonl")) >= 2, 480,
-                  "step 2", proc)
+        _wait_for(
+            lambda: (out / "metrics.jsonl").exists() and len(_jsonl(out / "metrics.jsonl")) >= 2,
+            480,
+            "step 2",
+            proc,
+        )
         os.kill(proc.pid, signal.SIGINT)
         proc.wait(timeout=120)
     finally:
@@ -301,7 +318,9 @@ def test_ctrl_c_shuts_every_role_down(tmp_path):
     _no_leftover_servers(out)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and _session_members(proc.pid):
-        time.sleep(0.5)  # Ray's own processes exit asynchronously after ray.shutdown(); bounded wait
+        time.sleep(
+            0.5
+        )  # Ray's own processes exit asynchronously after ray.shutdown(); bounded wait
     assert not _session_members(proc.pid), _session_members(proc.pid)
 
 
@@ -322,8 +341,17 @@ def _session_members(sid: int) -> list[str]:
 def test_medmcqa_seed_setup_runs_on_the_tiny_model(tmp_path):
     """configs/medmcqa_tiny.yaml (the seed's accuracy 0.8 + format 0.2 on the shared MedMCQA sample)."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "trainer", "--config", str(REPO / "configs" / "medmcqa_tiny.yaml"),
-           "--set", f"trainer.output_dir={out}", "--set", "mlflow.log_model=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "--config",
+        str(REPO / "configs" / "medmcqa_tiny.yaml"),
+        "--set",
+        f"trainer.output_dir={out}",
+        "--set",
+        "mlflow.log_model=false",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-6000:]
     metrics = _jsonl(out / "metrics.jsonl")
@@ -332,5 +360,7 @@ def test_medmcqa_seed_setup_runs_on_the_tiny_model(tmp_path):
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
-    [run] = client.search_runs([e.experiment_id for e in client.search_experiments() if e.name == "grpo-service"])
+    [run] = client.search_runs(
+        [e.experiment_id for e in client.search_experiments() if e.name == "grpo-service"]
+    )
     assert client.get_metric_history(run.info.run_id, "eval_rewards/accuracy/mean")

@@ -99,7 +99,9 @@ def test_configuration_reference_is_current():
     from trainer.config_docs import render
 
     committed = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
-    assert committed == render(), "docs/configuration.md is stale: run python -m trainer.config_docs > docs/configuration.md"
+    assert committed == render(), (
+        "docs/configuration.md is stale: run python -m trainer.config_docs > docs/configuration.md"
+    )
 
 
 def test_every_field_is_documented():

@@ -52,6 +52,11 @@ def test_tokenize_prompts_left_truncates(tiny_model_dir):
 
 
 def test_jsonl_examples(medmcqa_dir):
-    cfg = DataConfig(source="jsonl", path=str(medmcqa_dir / "small"), answer_choices=list("ABCD"), num_train_examples=5)
+    cfg = DataConfig(
+        source="jsonl",
+        path=str(medmcqa_dir / "small"),
+        answer_choices=list("ABCD"),
+        num_train_examples=5,
+    )
     assert len(load_examples(cfg, "train")) == 5
     assert len(load_examples(cfg, "validation")) == 50
