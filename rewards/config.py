@@ -53,7 +53,7 @@ class RewardPoolConfig(BaseModel):
         True,
         description="Score the built-in rewards (pure, linear-time, property-tested never to raise) in the "
         "driver and send only plugin rewards to the actors: for regex rewards, shipping items to an actor "
-        "costs more than scoring them (docs/benchmarks/rewards.md). False: every reward runs on the actors.",
+        "costs more than scoring them (docs/benchmarks.md, section 3). False: every reward runs on the actors.",
     )
     answer_choices: list[str] | None = Field(
         None, description="Options the `accuracy` reward accepts (default ['A','B','C','D'])."

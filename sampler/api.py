@@ -260,8 +260,8 @@ def build_app(
         }
         return versioned({"object": "list", "data": [card]}, s.version)
 
-    @app.post("/v1/completions", dependencies=[Depends(need_api_key)])
-    async def completions(req: CompletionRequest, request: Request) -> Any:
+    async def respond(req: CompletionRequest | ChatRequest, request: Request, chat: bool) -> Any:
+        """SSE stream or one JSON body; both say which policy version produced them."""
         h = openai_handler(request)
         if req.stream:
             events, version = await h.stream(req)
@@ -270,21 +270,16 @@ def build_app(
                 media_type="text/event-stream",
                 headers={POLICY_VERSION_HEADER: str(version)},
             )
-        body, version = await h.completion(req)
+        body, version = await (h.chat(req) if chat else h.completion(req))
         return versioned(body, version)
+
+    @app.post("/v1/completions", dependencies=[Depends(need_api_key)])
+    async def completions(req: CompletionRequest, request: Request) -> Any:
+        return await respond(req, request, chat=False)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(need_api_key)])
     async def chat(req: ChatRequest, request: Request) -> Any:
-        h = openai_handler(request)
-        if req.stream:
-            events, version = await h.stream(req)
-            return StreamingResponse(
-                events,
-                media_type="text/event-stream",
-                headers={POLICY_VERSION_HEADER: str(version)},
-            )
-        body, version = await h.chat(req)
-        return versioned(body, version)
+        return await respond(req, request, chat=True)
 
     @app.post("/generate", response_model=GroupedResponse, dependencies=[Depends(need_api_key)])
     async def generate(req: GroupedRequest, request: Request) -> Any:

@@ -476,10 +476,11 @@ class Run:
             dest = Path(os.environ["GRPO_MODEL_OUTPUT_DIR"])
             self.tracker.save_model(str(final), str(dest), pip_requirements())
             log.info("MLflow model saved to the job output %s", dest)
-        self.tracker.end()
+        tracker, self.tracker = self.tracker, None
+        tracker.end()
         print(
-            f"\nDone. Final model: {final}\nMLflow: {self.tracker.uri} (run {self.tracker.run_id})\n"
-            f"Open the UI with: .venv/bin/mlflow ui --backend-store-uri {self.tracker.uri}",
+            f"\nDone. Final model: {final}\nMLflow: {tracker.uri} (run {tracker.run_id})\n"
+            f"Open the UI with: .venv/bin/mlflow ui --backend-store-uri {tracker.uri}",
             flush=True,
         )
         return 0
@@ -568,6 +569,10 @@ class Run:
 
     async def shutdown(self) -> None:
         import ray
+
+        if self.tracker is not None:  # the run did not finish: mark it so in MLflow
+            self.tracker.end(status="FAILED")
+            self.tracker = None
 
         if self.orch is not None:
             await self.orch.aclose()

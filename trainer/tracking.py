@@ -48,6 +48,9 @@ class Tracker:
         import mlflow
 
         self.mlflow = mlflow
+        # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; restored at end() so that a later
+        # run in this process does not mistake this run's store for an ambient (Azure ML) one.
+        self._ambient_uri = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(uri)
         self.uri = uri
         if mlflow.get_experiment_by_name(experiment) is None:
@@ -114,3 +117,7 @@ class Tracker:
 
     def end(self, status: str = "FINISHED") -> None:
         self.mlflow.end_run(status=status)
+        if self._ambient_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = self._ambient_uri

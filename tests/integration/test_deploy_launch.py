@@ -4,6 +4,7 @@ cluster (three raylets, token auth) and a real driver command."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -60,7 +61,7 @@ def _free_port() -> int:
 class Cluster:
     """Three launchers on this machine; each has its own Ray temp dir and log file."""
 
-    def __init__(self, driver: list[str]) -> None:
+    def __init__(self, driver: list[str], launcher_args: list[str] | None = None) -> None:
         # Short paths: Ray's unix sockets live under the temp dir (108-byte limit).
         self.root = Path(tempfile.mkdtemp(prefix="gd", dir="/tmp"))
         token = self.root / "token"
@@ -90,8 +91,8 @@ class Cluster:
                 "--ray-temp-dir", str(self.root / f"r{rank}"), "--dashboard-agent-port", "0",
                 "--ray-auth", "token", "--ray-auth-token-file", str(token),
                 "--join-timeout", "180", "--heartbeat-timeout", "30", "--driver-grace", "5",
-                "--", *driver,
-            ]  # fmt: skip
+                *(launcher_args or []),
+            ] + (["--", *driver] if driver else [])  # fmt: skip
             log = self.root / f"node{rank}.log"
             self.logs.append(log)
             with open(log, "wb") as fh:
@@ -167,3 +168,25 @@ def test_killing_the_driver_makes_every_node_exit_nonzero():
     finally:
         cluster.close()
         shutil.rmtree(pid_file.parent, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_three_node_launch_runs_the_real_pipeline(tmp_path):
+    """The job's real command on 3 simulated nodes (1 sampler + 2 trainer): the launcher's default
+    driver (`python -m trainer`) trains the tiny pipeline on the Ray cluster, and all three exit 0."""
+    out = tmp_path / "run"
+    cluster = Cluster([], launcher_args=[
+        "--config", str(REPO / "configs" / "local.yaml"), "--output-dir", str(out),
+        "--set", "trainer.max_steps=3", "--set", "trainer.eval_steps=null", "--set", "mlflow.log_model=false",
+    ])  # fmt: skip
+    try:
+        codes = cluster.wait(540)
+        log = cluster.output()
+        assert codes == [0, 0, 0], log
+        metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [m["step"] for m in metrics] == [1, 2, 3]
+        assert metrics[-1]["policy/version"] == 3.0
+        assert (out / "final_model" / "model.safetensors").is_file()
+    finally:
+        cluster.close()

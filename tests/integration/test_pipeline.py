@@ -60,6 +60,24 @@ def _run(
     return proc
 
 
+def _start(out: Path, *sets: str) -> subprocess.Popen:
+    """The driver in its own session, its output in a file (a pipe nobody drains would block it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / "driver.log", "w") as log:
+        return subprocess.Popen(
+            _cmd(out, *sets),
+            cwd=REPO,
+            env=_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _driver_log(out: Path) -> str:
+    return (out.parent / "driver.log").read_text(errors="replace")[-6000:]
+
+
 def _jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
@@ -159,15 +177,7 @@ def test_kill_and_resume_trains_the_same_prompts(tmp_path):
         "trainer.eval_steps=null",
         "trainer.save_total_limit=null",
     )
-    proc = subprocess.Popen(
-        _cmd(out, *sets),
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _start(out, *sets)
     try:
         _wait_for(
             lambda: (
@@ -213,15 +223,7 @@ def test_sampler_replica_killed_mid_run(tmp_path):
         "trainer.eval_steps=null",
         "trainer.save_steps=100",
     )
-    proc = subprocess.Popen(
-        _cmd(out, *sets),
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _start(out, *sets)
     try:
         _wait_for(
             lambda: (out / "metrics.jsonl").exists() and len(_jsonl(out / "metrics.jsonl")) >= 3,
@@ -231,11 +233,11 @@ def test_sampler_replica_killed_mid_run(tmp_path):
         )
         victim = json.loads((out / "replicas.json").read_text())[1]
         os.kill(victim["pid"], signal.SIGKILL)
-        stdout, _ = proc.communicate(timeout=480)
+        proc.wait(timeout=480)
     finally:
         if proc.poll() is None:
             _kill_group(proc)
-    assert proc.returncode == 0, stdout[-6000:]
+    assert proc.returncode == 0, _driver_log(out)
     replicas = json.loads((out / "replicas.json").read_text())
     assert replicas[1]["restarts"] == 1 and replicas[1]["pid"] != victim["pid"]
     assert replicas[1]["version"] >= 4
@@ -290,16 +292,7 @@ def test_zero_variance_groups_are_filtered_and_counted(tmp_path):
 def test_ctrl_c_shuts_every_role_down(tmp_path):
     """SIGINT to the driver: exit 130, sampler servers and Ray processes of the run are gone."""
     out = tmp_path / "run"
-    log_path = tmp_path / "driver.log"
-    with open(log_path, "w") as logf:  # a file, not a pipe: nobody reads it while the driver runs
-        proc = subprocess.Popen(
-            _cmd(out, "trainer.max_steps=500", "trainer.eval_steps=null"),
-            cwd=REPO,
-            env=_env(),
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = _start(out, "trainer.max_steps=500", "trainer.eval_steps=null")
     try:
         _wait_for(
             lambda: (out / "metrics.jsonl").exists() and len(_jsonl(out / "metrics.jsonl")) >= 2,
@@ -312,7 +305,7 @@ def test_ctrl_c_shuts_every_role_down(tmp_path):
     finally:
         if proc.poll() is None:
             _kill_group(proc)
-    err = log_path.read_text()
+    err = _driver_log(out)
     assert proc.returncode == 130, err[-4000:]
     assert "interrupted" in err and "Traceback" not in err, err[-4000:]
     _no_leftover_servers(out)

@@ -10,8 +10,12 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_tracker_logs_and_final_model_answers_chat(tmp_path, tiny_model_dir):
+def test_tracker_logs_and_final_model_answers_chat(tmp_path, tiny_model_dir, monkeypatch):
+    import os
+
     import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # outside Azure ML: the local store
 
     from trainer.tracking import Tracker, pip_requirements, tracking_uri
 
@@ -24,6 +28,7 @@ def test_tracker_logs_and_final_model_answers_chat(tmp_path, tiny_model_dir):
     model_uri = t.log_model(str(tiny_model_dir), pip_requirements())
     run_id = t.run_id
     t.end()
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # this run's store does not leak to the next run
 
     client = mlflow.MlflowClient(tracking_uri=uri)
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "reward")] == [
