@@ -139,13 +139,21 @@ class OpenAIHandler:
         self.svc.metrics.observe_request(
             "completions", time.perf_counter() - t0, sum(map(len, prompts)), n_tok
         )
+        return self._body(
+            "cmpl", "text_completion", choices, _usage(prompts, req.n, n_tok), version
+        )
+
+    def _body(
+        self, id_prefix: str, kind: str, choices: list, usage: dict, version: int
+    ) -> tuple[dict, int]:
+        """The OpenAI response envelope, plus the policy version that produced it."""
         body = {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
+            "id": f"{id_prefix}-{uuid.uuid4().hex}",
+            "object": kind,
             "created": int(time.time()),
             "model": self.svc.model_name,
             "choices": choices,
-            "usage": _usage(prompts, req.n, n_tok),
+            "usage": usage,
             "policy_version": version,
         }
         return body, version
@@ -191,16 +199,9 @@ class OpenAIHandler:
                 }
             )
         self.svc.metrics.observe_request("chat", time.perf_counter() - t0, len(prompts[0]), n_tok)
-        body = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.svc.model_name,
-            "choices": choices,
-            "usage": _usage(prompts, req.n, n_tok),
-            "policy_version": version,
-        }
-        return body, version
+        return self._body(
+            "chatcmpl", "chat.completion", choices, _usage(prompts, req.n, n_tok), version
+        )
 
     # ------------------------------------------------------------------ streaming
     async def stream(self, req: CompletionRequest | ChatRequest) -> tuple[AsyncIterator[str], int]:
