@@ -114,6 +114,11 @@ def main() -> int:
     p.add_argument("--model", choices=sorted(MODELS), default="tiny")
     p.add_argument("--bucket-mb", type=float, default=64)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument(
+        "--layouts",
+        default="plain,packed",
+        help="sampler.cpu_weight_layout values to measure, each with its own replica",
+    )
     a = p.parse_args()
     import torch
     from transformers import AutoModelForCausalLM
@@ -135,42 +140,53 @@ def main() -> int:
             f"buckets={len(sizes)} x <= {a.bucket_mb} MiB rounds={a.rounds} (1 warm-up each)"
         )
         raw = raw_broadcast(sizes, a.rounds + 1)[1:]
-        sp = start_sampler(
-            model, log_dir=tmp, admin_key="bench-admin", extra_args=["--dtype", "float32"]
-        )
-        try:
-            gloo = asyncio.run(pushes(sp.url, state, "gloo", a.rounds + 1, bucket_bytes, tmp, 1))[
-                1:
-            ]
-            fs = asyncio.run(
-                pushes(sp.url, state, "filesystem", a.rounds + 1, bucket_bytes, tmp, 100)
-            )[1:]
-        finally:
-            sp.stop()
+        results = {}
+        for layout in a.layouts.split(","):
+            cfg = Path(tmp) / f"{layout}.yaml"
+            cfg.write_text(f"sampler:\n  cpu_weight_layout: {layout}\n")
+            sp = start_sampler(
+                model,
+                log_dir=tmp,
+                admin_key="bench-admin",
+                extra_args=["--dtype", "float32", "--config", str(cfg)],
+            )
+            try:
+                gloo = asyncio.run(
+                    pushes(sp.url, state, "gloo", a.rounds + 1, bucket_bytes, tmp, 1)
+                )[1:]
+                fs = asyncio.run(
+                    pushes(sp.url, state, "filesystem", a.rounds + 1, bucket_bytes, tmp, 100)
+                )[1:]
+            finally:
+                sp.stop()
+            results[layout] = (gloo, fs)
     raw_s = statistics.median(raw)
-    gloo_s = statistics.median(s["seconds"] for s in gloo)
-    send_s = statistics.median(s["send_seconds"] for s in gloo)
-    fs_s = statistics.median(s["seconds"] for s in fs)
-    rep_s = statistics.median(s["replica_update_seconds"] for s in gloo)
-    work_s = statistics.median(s["replica_worker_seconds"] for s in gloo)
     gb = nbytes / 1e9
-    print(
-        "per round (ms): raw "
-        + " ".join(f"{x * 1e3:.0f}" for x in raw)
-        + " | gloo push "
-        + " ".join(f"{x['seconds'] * 1e3:.0f}" for x in gloo)
-        + " | filesystem "
-        + " ".join(f"{x['seconds'] * 1e3:.0f}" for x in fs)
-    )
+    print("raw per round (ms): " + " ".join(f"{x * 1e3:.0f}" for x in raw))
     print(f"raw gloo broadcast:        {raw_s * 1e3:8.1f} ms  {gb / raw_s:6.2f} GB/s")
-    print(
-        f"gloo push (end to end):    {gloo_s * 1e3:8.1f} ms  {gb / gloo_s:6.2f} GB/s  "
-        f"(pack+broadcast {send_s * 1e3:.1f} ms; replica: update {rep_s * 1e3:.1f} ms, "
-        f"worker receive+load {work_s * 1e3:.1f} ms)"
-    )
-    print(f"filesystem push (e2e):     {fs_s * 1e3:8.1f} ms  {gb / fs_s:6.2f} GB/s")
-    print(f"ratio gloo-push bytes/s / raw bytes/s: {raw_s / gloo_s:.3f} (goal >= 0.8)")
-    print(f"ratio pack+broadcast phase / raw:      {raw_s / send_s:.3f}")
+    for layout, (gloo, fs) in results.items():
+        gloo_s = statistics.median(s["seconds"] for s in gloo)
+        send_s = statistics.median(s["send_seconds"] for s in gloo)
+        fs_s = statistics.median(s["seconds"] for s in fs)
+        rep_s = statistics.median(s["replica_update_seconds"] for s in gloo)
+        work_s = statistics.median(s["replica_worker_seconds"] for s in gloo)
+        print(
+            f"[{layout}] per round (ms): gloo push "
+            + " ".join(f"{x['seconds'] * 1e3:.0f}" for x in gloo)
+            + " | filesystem "
+            + " ".join(f"{x['seconds'] * 1e3:.0f}" for x in fs)
+        )
+        print(
+            f"[{layout}] gloo push (end to end):    {gloo_s * 1e3:8.1f} ms  {gb / gloo_s:6.2f} GB/s  "
+            f"(pack+broadcast {send_s * 1e3:.1f} ms; replica: update {rep_s * 1e3:.1f} ms, "
+            f"worker receive+load {work_s * 1e3:.1f} ms)"
+        )
+        print(f"[{layout}] last replica stats: {gloo[-1]}")
+        print(f"[{layout}] filesystem push (e2e):     {fs_s * 1e3:8.1f} ms  {gb / fs_s:6.2f} GB/s")
+        print(
+            f"[{layout}] ratio gloo-push bytes/s / raw bytes/s: {raw_s / gloo_s:.3f} (goal >= 0.8)"
+        )
+        print(f"[{layout}] ratio pack+broadcast phase / raw:      {raw_s / send_s:.3f}")
     return 0
 
 

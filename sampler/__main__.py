@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from sampler.api import build_app
-    from sampler.engine import build_engine
+    from sampler.engine import build_engine, prepare_engine
     from sampler.serving import SamplerService
 
     model_name = cfg.served_model_name or Path(a.model).resolve().name
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def start() -> SamplerService:
         engine = build_engine(a.model, cfg)
+        await prepare_engine(engine, cfg)
         svc = SamplerService(engine, cfg, model_name, initial_version=a.initial_version)
         await svc.check_health()
         # One line a launcher or a person can wait for.

@@ -229,15 +229,19 @@ def build_app(
     @app.get("/health", response_model=HealthResponse)
     async def health(request: Request) -> Any:
         s = svc(request)
-        await s.check_health()
+        await s.check_engine()
         body = HealthResponse(
-            status="ok",
+            status="needs_weights" if s.broken else "ok",
+            detail=f"{s.broken}; push weights again" if s.broken else None,
             policy_version=s.version,
             model=s.model_name,
             updating=s.updating,
             instance_id=s.instance_id,
         )
-        return versioned(body.model_dump(), s.version)
+        response = versioned(body.model_dump(), s.version)
+        if s.broken:  # alive, but must not get generation traffic until a full push
+            response.status_code = 503
+        return response
 
     @app.get("/metrics", dependencies=[Depends(need_api_key)])
     async def metrics(request: Request) -> Response:

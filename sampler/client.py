@@ -182,12 +182,19 @@ class SamplerClient:
         )
 
     # ------------------------------------------------------------------ health / versions
-    async def _health(self, url: str) -> dict | None:
+    async def _health(self, url: str, *, accept_needs_weights: bool = False) -> dict | None:
+        """The replica's /health body when it serves (or, with `accept_needs_weights`, when it
+        is alive but waits for a full weight push); None otherwise."""
         try:
             r = await self._http.get(f"{url}/health", timeout=5.0)
-        except httpx.HTTPError:
+            body = r.json() if r.status_code in (200, 503) else None
+        except (httpx.HTTPError, ValueError):
             return None
-        return r.json() if r.status_code == 200 else None
+        if r.status_code == 200:
+            return body
+        if accept_needs_weights and isinstance(body, dict):
+            return body if body.get("status") == "needs_weights" else None
+        return None
 
     async def wait_healthy(self, timeout_s: float) -> None:
         """Poll /health of every replica until all answer ok; raise naming those that are not."""

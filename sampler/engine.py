@@ -71,3 +71,11 @@ def build_engine(model: str | Path, cfg: SamplerConfig) -> Any:
 
     args = AsyncEngineArgs(**engine_kwargs(model, cfg, on_gpu=on_gpu))
     return AsyncLLM.from_engine_args(args)
+
+
+async def prepare_engine(engine: Any, cfg: SamplerConfig) -> None:
+    """One-time set-up after the engine loaded the model: the CPU weight layout."""
+    if not cuda_available():
+        await engine.collective_rpc(
+            "sampler_set_cpu_layout", kwargs={"layout": cfg.cpu_weight_layout}
+        )

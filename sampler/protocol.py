@@ -153,7 +153,11 @@ class UpdateResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "needs_weights"] = Field(
+        description="'ok' (HTTP 200): serving. 'needs_weights' (HTTP 503): the engine is alive but "
+        "a weight update failed half-way; it serves again after the next full push."
+    )
+    detail: str | None = Field(None, description="Why the replica is not serving.")
     policy_version: int
     model: str
     updating: bool

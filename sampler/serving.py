@@ -98,8 +98,12 @@ class SamplerService:
 
     async def check_health(self) -> None:
         """Raises RequestError(503) unless the engine can serve."""
+        await self.check_engine()
         if self.broken:
             raise RequestError(503, f"replica unhealthy: {self.broken}; push weights again")
+
+    async def check_engine(self) -> None:
+        """Raises RequestError(503) unless the engine itself is alive (weights may be broken)."""
         try:
             await self.engine.check_health()
         except Exception as e:

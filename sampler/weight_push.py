@@ -100,6 +100,9 @@ class DistWeightPusher(WeightPusher):
             import torch
 
             device = f"cuda:{torch.cuda.current_device()}"
+        self.device = device
+        # Two packed regions of small tensors, alternating: bucket k+1 is packed while bucket
+        # k is still in flight.
         self.pool = BufferPool(device)
         self.last_failed = {}
 
@@ -120,7 +123,9 @@ class DistWeightPusher(WeightPusher):
         groups: dict[str, Any] = {}
         # A replica that does not answer /health is failed now, not after a rendezvous timeout;
         # its instance id tells whether our group with it is still valid (restart -> new group).
-        healths = await asyncio.gather(*(self.client._health(u) for u in urls))
+        healths = await asyncio.gather(
+            *(self.client._health(u, accept_needs_weights=True) for u in urls)
+        )
         plan: dict[str, tuple[str, Any, bool]] = {}  # url -> (session, store, new group?)
         for u, h in zip(urls, healths, strict=True):
             if h is None:
@@ -171,13 +176,12 @@ class DistWeightPusher(WeightPusher):
 
         await asyncio.gather(*(join(u) for u in plan if plan[u][2]))
         send_stats = await asyncio.to_thread(self._send_all, named_tensors, groups, failed)
-        replica_s, load_s, rdv_s = [], [], []
+        replica: dict[str, float] = {}  # slowest replica's value of each timing it reports
         for u, task in http.items():
             try:
                 body = await task
-                replica_s.append(body["seconds"])
-                load_s.append(body["stats"].get("worker_seconds", 0.0))
-                rdv_s.append(body["stats"].get("rendezvous_seconds", 0.0))
+                for k, v in {"update_seconds": body["seconds"], **body["stats"]}.items():
+                    replica[k] = max(replica.get(k, 0.0), float(v))
             except Exception as e:
                 failed.setdefault(u, str(e))
             if u in failed:  # a group that saw an error is never reused
@@ -191,9 +195,9 @@ class DistWeightPusher(WeightPusher):
                     groups[u],
                 )
         stats = {"seconds": time.perf_counter() - t0, **send_stats}
-        stats["replica_update_seconds"] = max(replica_s, default=0.0)
-        stats["replica_worker_seconds"] = max(load_s, default=0.0)
-        stats["replica_rendezvous_seconds"] = max(rdv_s, default=0.0)
+        for k in ("update_seconds", "worker_seconds", "rendezvous_seconds"):
+            replica.setdefault(k, 0.0)
+        stats.update({f"replica_{k}": v for k, v in replica.items()})
         stats["bytes_per_s"] = stats["bytes"] / stats["seconds"] if stats["seconds"] > 0 else 0.0
         return self._conclude(stats, failed, urls)
 
@@ -203,18 +207,30 @@ class DistWeightPusher(WeightPusher):
         groups: dict[str, Any],
         failed: dict[str, str],
     ) -> dict[str, float]:
-        """Pack lazily into buckets and broadcast each bucket to every live group."""
+        """Group tensors lazily into buckets and broadcast each bucket to every live group.
+
+        Large tensors are sent from their own storage (one broadcast each, no copy here); small
+        ones are copied into one packed region per bucket. The receiver lays them out at the
+        offsets the bucket's meta names (`weight_sync.layout_bucket`).
+        """
         import torch
 
-        from sampler.weight_sync import TensorMeta, align_up, broadcast, dtype_name, encode_meta
+        from sampler.weight_sync import (
+            align_up,
+            broadcast,
+            bucket_len,
+            dtype_name,
+            encode_meta,
+            layout_bucket,
+            packed_len,
+        )
 
         live = dict(groups)
-        dev = self.pool.device
+        dev = self.device
         stats = {"bytes": 0.0, "buckets": 0.0, "tensors": 0.0, "wait_seconds": 0.0}
         t_start = time.perf_counter()
         # Broadcasts are issued asynchronously to every replica at once; we wait for bucket k-1
-        # only after issuing bucket k, so packing k+1 overlaps the transfer of k. Each bucket
-        # has its own pooled buffer, so nothing is overwritten while in flight.
+        # only after issuing bucket k, so at most two buckets' tensors are pinned in flight.
         pending: list[tuple[list[tuple[str, list]], list[torch.Tensor]]] = []
 
         def wait_oldest() -> None:
@@ -241,36 +257,59 @@ class DistWeightPusher(WeightPusher):
             while len(pending) > 1:
                 wait_oldest()
 
-        def flush(index: int, metas: list[TensorMeta], data: torch.Tensor) -> None:
+        def flush(entries: list[tuple[str, torch.Tensor]]) -> None:
+            metas = layout_bucket(
+                [
+                    (n, dtype_name(t), tuple(t.shape), t.numel() * t.element_size())
+                    for n, t in entries
+                ]
+            )
+            by_name = dict(entries)
+            small = packed_len(metas)
+            data = []
+            if small:  # the small tensors, copied into one region (a broadcast each cost more)
+                region = self.pool.get(int(stats["buckets"]) % 2, small)
+                for m in metas:
+                    if m.packed:
+                        region[m.offset : m.offset + m.nbytes].copy_(_as_bytes(by_name[m.name]))
+                data.append(region)
+            data += [_as_bytes(by_name[m.name]) for m in metas if not m.packed]
             meta = torch.frombuffer(bytearray(encode_meta(metas)), dtype=torch.uint8).to(dev)
-            header = torch.tensor([meta.numel(), data.numel()], dtype=torch.int64, device=dev)
-            send([header, meta, data])
-            stats["bytes"] += data.numel()
+            used = bucket_len(metas)
+            header = torch.tensor([meta.numel(), used], dtype=torch.int64, device=dev)
+            send([header, meta, *data])
+            stats["bytes"] += used
             stats["buckets"] += 1
 
-        index, used = 0, 0
-        metas: list[TensorMeta] = []
-        buf = None
+        used = 0
+        entries: list[tuple[str, torch.Tensor]] = []
         for name, tensor in named_tensors:
             t = tensor.detach()
             nbytes = t.numel() * t.element_size()
-            off = align_up(used)
-            if metas and off + nbytes > buf.numel():
-                flush(index, metas, buf[:used])
-                index, used, off, metas = index + 1, 0, 0, []
-            if not metas:  # a new bucket; a tensor larger than bucket_bytes gets its own
-                buf = self.pool.get(index, max(self.bucket_bytes, nbytes))
-            buf[off : off + nbytes].copy_(t.contiguous().reshape(-1).view(torch.uint8))
-            metas.append(TensorMeta(name, dtype_name(t), tuple(t.shape), off, nbytes))
-            used = off + nbytes
+            dtype_name(t)  # refuse an unsupported dtype before anything is sent
+            if entries and align_up(used) + nbytes > self.bucket_bytes:
+                flush(entries)
+                used, entries = 0, []
+            # A tensor larger than bucket_bytes gets a bucket of its own.
+            if t.device.type != torch.device(dev).type:
+                t = t.to(dev)
+            entries.append((name, t.contiguous()))
+            used = align_up(used) + nbytes
             stats["tensors"] += 1
-        if metas:
-            flush(index, metas, buf[:used])
+        if entries:
+            flush(entries)
         send([torch.zeros(2, dtype=torch.int64, device=dev)])
         while pending:
             wait_oldest()
         stats["send_seconds"] = time.perf_counter() - t_start
         return stats
+
+
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor's storage viewed as flat uint8 (no copy)."""
+    import torch
+
+    return t.reshape(-1).view(torch.uint8)
 
 
 class FilesystemWeightPusher(WeightPusher):

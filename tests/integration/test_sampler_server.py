@@ -27,20 +27,36 @@ def models(tmp_path_factory):
     return build_tiny_model(root / "A", seed=0), build_tiny_model(root / "B", seed=1)
 
 
-@pytest.fixture(scope="module")
-def server(models, tmp_path_factory):
+def _start(models, tmp_path_factory, layout: str):
     from sampler.launch import start_sampler
 
     logs = tmp_path_factory.mktemp("logs")
     cfg = logs / "run.yaml"  # also exercises --config: a run YAML's `sampler:` section
-    cfg.write_text("sampler:\n  dtype: float32\n  limits:\n    max_body_bytes: 1048576\n")
-    sp = start_sampler(
+    cfg.write_text(
+        "sampler:\n  dtype: float32\n  limits:\n    max_body_bytes: 1048576\n"
+        f"  cpu_weight_layout: {layout}\n"
+    )
+    return start_sampler(
         models[0],
         log_dir=logs,
         api_key=API_KEY,
         admin_key=ADMIN_KEY,
         extra_args=["--config", str(cfg)],
     )
+
+
+@pytest.fixture(scope="module")
+def server(models, tmp_path_factory):
+    """The default CPU weight layout (plain)."""
+    sp = _start(models, tmp_path_factory, "plain")
+    yield sp
+    sp.stop()
+
+
+@pytest.fixture(scope="module")
+def packed_server(models, tmp_path_factory):
+    """vLLM's prepacked CPU weights: updates go through `reload_weights` + the tied-head re-pack."""
+    sp = _start(models, tmp_path_factory, "packed")
     yield sp
     sp.stop()
 
@@ -248,8 +264,13 @@ def test_refuses_public_bind_without_api_key(models):
 
 
 # ---------------------------------------------------------------------------- weight updates
-def test_weight_updates_both_transports_match_transformers(server, models, hf_reference, tmp_path):
+@pytest.mark.parametrize("layout", ["plain", "packed"])
+def test_weight_updates_both_transports_match_transformers(
+    layout, request, models, hf_reference, tmp_path
+):
     from sampler.client import SamplingSpec, make_weight_pusher
+
+    server = request.getfixturevalue("server" if layout == "plain" else "packed_server")
 
     async def run():
         c = _client(server)
@@ -277,6 +298,31 @@ def test_weight_updates_both_transports_match_transformers(server, models, hf_re
         ).text
         assert f"sampler_policy_version {float(v0 + 2)}" in metrics
         assert 'sampler_weight_updates_total{outcome="ok",transport="gloo"}' in metrics
+        await c.aclose()
+
+    asyncio.run(run())
+
+
+def test_partial_update_is_refused_and_a_full_push_recovers(server, models, hf_reference):
+    """A state dict missing a tensor would leave a mix of old and new weights: the replica must
+    say so (naming the gap), refuse to serve, and recover on the next full push."""
+    from sampler.client import SamplingSpec, WeightPushError, make_weight_pusher
+
+    full = _hf_state(models[1])
+    partial = {k: v for k, v in full.items() if k != "model.layers.0.mlp.down_proj.weight"}
+
+    async def run():
+        c = _client(server)
+        v = (await c.versions())[server.url]
+        pusher = make_weight_pusher("gloo", c, bucket_bytes=1 << 20, timeout_s=60)
+        with pytest.raises(WeightPushError, match="old values"):
+            await pusher.push(iter(partial.items()), version=v + 1)
+        health = httpx.get(server.url + "/health")
+        assert health.status_code == 503 and "push weights again" in health.text
+        await pusher.push(iter(full.items()), version=v + 2)
+        res = await c.generate(PROMPTS, 1, SamplingSpec(max_tokens=8, temperature=0))
+        assert {g.policy_version for g in res} == {v + 2}
+        _assert_matches(res, hf_reference, 1, 8)
         await c.aclose()
 
     asyncio.run(run())

@@ -31,10 +31,29 @@ def test_align_and_plan_buckets():
 
 
 def test_meta_roundtrip_and_unknown_dtype_rejected():
-    metas = [TensorMeta("a.weight", "bfloat16", (2, 3), 0, 12), TensorMeta("b", "int64", (), 64, 8)]
+    metas = [
+        TensorMeta("a.weight", "bfloat16", (2, 3), 0, 12, True),
+        TensorMeta("b", "int64", (), 64, 8),
+    ]
     assert decode_meta(encode_meta(metas)) == metas
     with pytest.raises(ValueError, match="complex64"):
-        decode_meta(b'[["x", "complex64", [1], 0, 8]]')
+        decode_meta(b'[["x", "complex64", [1], 0, 8, 0]]')
+
+
+def test_layout_bucket_packs_small_tensors_first():
+    from sampler.weight_sync import SMALL_TENSOR_BYTES, bucket_len, layout_bucket, packed_len
+
+    big = SMALL_TENSOR_BYTES
+    metas = layout_bucket(
+        [("w1", "float32", (big // 4,), big), ("n1", "float32", (3,), 12), ("n2", "int8", (5,), 5)]
+    )
+    assert [(m.name, m.offset, m.packed) for m in metas] == [
+        ("n1", 0, True),
+        ("n2", 64, True),
+        ("w1", 128, False),
+    ]
+    assert packed_len(metas) == 69 and bucket_len(metas) == 128 + big
+    assert packed_len(layout_bucket([("w", "float32", (big // 4,), big)])) == 0
 
 
 def test_unpack_gives_views_of_packed_tensors():
@@ -65,7 +84,8 @@ def test_buffer_pool_keeps_and_grows_buffers():
 
 
 def test_gloo_transfer_between_two_ranks_is_exact():
-    """The trainer-side packer and the worker-side receiver over a real gloo group."""
+    """The trainer-side sender and the worker-side receiver over a real gloo group; tensors
+    with a matching target land in it directly, a target of another dtype is ignored."""
     import torch.distributed as dist
 
     from sampler.client import DistWeightPusher
@@ -73,16 +93,22 @@ def test_gloo_transfer_between_two_ranks_is_exact():
 
     store = dist.TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
     port = store.port
-    sent = [(f"t{i}", torch.randn(17 + i, 9)) for i in range(6)] + [("big", torch.randn(300, 64))]
+    sent = [(f"t{i}", torch.randn(17 + i, 9)) for i in range(6)] + [("big", torch.randn(600, 512))]
     sent.append(("half", torch.randn(33).to(torch.bfloat16)))
     received: dict[str, torch.Tensor] = {}
     stats_rx: dict[str, float] = {}
     errors: list[BaseException] = []
+    targets = {
+        "t1": torch.zeros(18, 9),  # small: copied out of the packed region
+        "big": torch.zeros(600, 512),  # over SMALL_TENSOR_BYTES: received straight into it
+        "half": torch.zeros(33),  # float32 target for a bfloat16 tensor: goes through the buffer
+    }
+    placed: set[str] = set()
 
     def receiver():
         try:
             _, pg = make_group("gloo", "127.0.0.1", port, 1, 30)
-            for name, t in receive_buckets(pg, BufferPool(), "cpu", stats_rx):
+            for name, t in receive_buckets(pg, BufferPool(), "cpu", stats_rx, targets, placed):
                 received[name] = t.clone()
         except BaseException as e:  # surfaced by the assert below
             errors.append(e)
@@ -91,14 +117,16 @@ def test_gloo_transfer_between_two_ranks_is_exact():
     th.start()
     _, pg = make_group("gloo", "127.0.0.1", 0, 0, 30, store=store)
     pusher = DistWeightPusher.__new__(DistWeightPusher)
-    pusher.pool, pusher.bucket_bytes = BufferPool(), 4096
+    pusher.device, pusher.bucket_bytes, pusher.pool = "cpu", 4096, BufferPool()
     failed: dict[str, str] = {}
     stats = pusher._send_all(iter(sent), {"r": pg}, failed)
     th.join(60)
     assert not errors and not failed
-    assert list(received) == [n for n, _ in sent]
+    assert placed == {"t1", "big"}
+    assert list(received) == [n for n, _ in sent if n not in placed]
     for name, t in sent:
-        assert torch.equal(received[name], t), name
+        got = targets[name] if name in placed else received[name]
+        assert torch.equal(got, t), name
     assert stats["buckets"] == stats_rx["buckets"] > 2
     assert stats["bytes"] == stats_rx["bytes"] >= sum(t.numel() * t.element_size() for _, t in sent)
 
@@ -173,3 +201,38 @@ def test_engine_kwargs_cpu_defaults():
     assert "kv_cache_memory_bytes" not in gpu and gpu["enforce_eager"] is False
     assert gpu["tensor_parallel_size"] == 2
     assert ALIGN % 16 == 0
+
+
+def test_load_and_map_finds_where_unchanged_tensors_land():
+    """`cpu_layout.load_and_map` on a model whose loader stacks, transforms and skips tensors:
+    only a tensor copied unchanged into a parameter region gets a direct target."""
+    from sampler.cpu_layout import load_and_map
+
+    class Stacked(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qk = torch.nn.Parameter(torch.zeros(6, 4), requires_grad=False)
+            self.norm = torch.nn.Parameter(torch.zeros(4), requires_grad=False)
+
+        def load_weights(self, weights):
+            for name, t in weights:
+                if name == "q":  # stacked: rows 0-1 of qk
+                    self.qk.data[0:2].copy_(t)
+                elif name == "k":  # transformed on the way in: no direct target
+                    self.qk.data[2:6].copy_(t.t() * 1.0)
+                elif name == "norm":
+                    self.norm.data.copy_(t)
+                # "lm_head" (tied) is skipped
+
+    m = Stacked()
+    q, k, norm = torch.randn(2, 4), torch.randn(4, 4), torch.randn(4)
+    plain = load_and_map(m, [("q", q), ("k", k), ("norm", norm), ("lm_head", torch.ones(3))])
+    assert plain.via_loader == {"k"} and plain.ignored == {"lm_head"}
+    assert plain.required() == {"q", "k", "norm"}
+    targets = plain.direct
+    assert torch.equal(m.qk[0:2], q) and torch.equal(m.qk[2:6], k.t()) and torch.equal(m.norm, norm)
+    new_q = torch.randn(2, 4)
+    targets["q"].copy_(new_q)  # what the receiver does, straight into the parameter
+    targets["norm"].fill_(7.0)
+    assert torch.equal(m.qk[0:2], new_q) and torch.equal(m.qk[2:6], k.t())
+    assert torch.equal(m.norm, torch.full((4,), 7.0))
