@@ -33,7 +33,9 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def run_pipeline(cfg_path: Path, out: Path, staleness: int, env: dict) -> dict:
+def run_pipeline(
+    cfg_path: Path, out: Path, staleness: int, env: dict, sets: list[str] | None = None
+) -> dict:
     cmd = [
         sys.executable,
         "-m",
@@ -45,6 +47,8 @@ def run_pipeline(cfg_path: Path, out: Path, staleness: int, env: dict) -> dict:
         "--set",
         f"pipeline.max_staleness={staleness}",
     ]
+    for kv in sets or []:
+        cmd += ["--set", kv]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -89,6 +93,13 @@ def main() -> None:
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--staleness", default="0,1,2")
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra run-config override for every pipeline run (e.g. sampler.cpu_weight_layout=packed)",
+    )
     a = p.parse_args()
     env = {
         **os.environ,
@@ -124,7 +135,7 @@ def main() -> None:
 
     rows = []
     for k in [int(x) for x in a.staleness.split(",")]:
-        res = run_pipeline(cfg_path, tmp / f"run_s{k}", k, env)
+        res = run_pipeline(cfg_path, tmp / f"run_s{k}", k, env, a.set)
         rows.append(
             {
                 **summarise(f"pipeline max_staleness={k}", res["metrics"], batch, a.warmup),

@@ -1,13 +1,16 @@
-"""Start and stop `python -m sampler` replicas as subprocesses (tests, benchmarks, local runs).
+"""Start and stop `python -m sampler` replicas as subprocesses (the driver's replica actors,
+tests, benchmarks).
 
-Owns: free-port picking, the child environment (CPU settings), polling /health with a deadline,
-and killing a replica's whole process group (the vLLM engine core is a child of the server).
-Does not know: what the replica is used for.
+Owns: free-port picking, the child environment (CPU settings for tests), polling /health with a
+deadline, tying the server's life to its parent's, and killing a replica's whole process group
+(the vLLM engine core may be a child of the server).
+Does not know: what the replica is used for, Ray.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -20,10 +23,17 @@ from pathlib import Path
 import httpx
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on `host` right now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the server gets SIGTERM when its parent dies (a Ray actor): no orphans."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -59,7 +69,8 @@ class SamplerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"sampler exited with {self.proc.returncode}:\n{self.log_tail()}"
+                    f"sampler exited with {self.proc.returncode} while starting (log "
+                    f"{self.log_path}):\n{self.log_tail()}"
                 )
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
@@ -68,10 +79,14 @@ class SamplerProcess:
                 pass
             time.sleep(0.25)  # polling interval of a deadline loop
         self.kill()
-        raise TimeoutError(f"sampler not healthy after {timeout_s}s:\n{self.log_tail()}")
+        raise TimeoutError(
+            f"sampler not healthy after {timeout_s}s at {self.url} (log {self.log_path}):\n"
+            f"{self.log_tail()}"
+        )
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus the CPU settings tests and benchmarks run vLLM with."""
     env = dict(os.environ)
     env.update(
         {
@@ -88,22 +103,32 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def start_sampler(
     model: str | Path,
     *,
-    log_dir: str | Path,
+    log_dir: str | Path | None = None,
+    log_path: str | Path | None = None,
+    host: str = "127.0.0.1",
+    advertise: str | None = None,
     port: int | None = None,
     api_key: str | None = None,
     admin_key: str | None = None,
     extra_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    die_with_parent: bool = False,
     timeout_s: float = 300,
     wait: bool = True,
 ) -> SamplerProcess:
-    """Start a replica on 127.0.0.1; with `wait`, return once /health answers ok (raises with
-    its log). Start several with wait=False, then call `wait_healthy()` on each (parallel boot)."""
-    port = port or free_port()
-    env_keys = {}
+    """Start a replica bound to `host`; with `wait`, return once /health answers ok (raises with
+    its log). Start several with wait=False, then call `wait_healthy()` on each (parallel boot).
+
+    `advertise`: the address others reach it at (default `host`). `env`: the child's whole
+    environment (default: `child_env()`, CPU settings for tests); keys are added to it.
+    `log_path` (appended to) or `log_dir` (a file per port) must be given.
+    """
+    port = port or free_port(host)
+    child = dict(env) if env is not None else child_env()
     if api_key:
-        env_keys["SAMPLER_API_KEY"] = api_key
+        child["SAMPLER_API_KEY"] = api_key
     if admin_key:
-        env_keys["SAMPLER_ADMIN_KEY"] = admin_key
+        child["SAMPLER_ADMIN_KEY"] = admin_key
     args = [
         sys.executable,
         "-m",
@@ -111,20 +136,26 @@ def start_sampler(
         "--model",
         str(model),
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         *(extra_args or []),
     ]
-    log_path = Path(log_dir) / f"sampler-{port}.log"
+    if log_path is None:
+        if log_dir is None:
+            raise ValueError("start_sampler needs log_path or log_dir")
+        log_path = Path(log_dir) / f"sampler-{port}.log"
+    log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             args,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=child_env(env_keys),
+            env=child,
             start_new_session=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,
         )
-    sp = SamplerProcess(url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path, args=args)
+    url = f"http://{advertise or host}:{port}"
+    sp = SamplerProcess(url=url, proc=proc, log_path=log_path, args=args)
     return sp.wait_healthy(timeout_s) if wait else sp

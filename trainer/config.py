@@ -294,6 +294,14 @@ class PipelineConfig(BaseModel):
     weight_sync_bucket_mb: int = Field(
         1024, ge=1, description="Bucket size of the torch.distributed transport."
     )
+    overlap_weight_push: bool | None = Field(
+        None,
+        description="Send the weights of step s while step s+1 trains: rank 0 snapshots them "
+        "(one copy in host memory) and pushes from a thread, so the sampler's drain and load "
+        "leave the trainer's critical path. Default: on when max_staleness >= 1 and the trainer "
+        "runs on CPU (with max_staleness 0 the next batch needs the new weights anyway; on GPU "
+        "the copy would cost device memory and nccl is fast).",
+    )
     weight_sync_dir: str | None = Field(
         None, description="Shared folder for the filesystem transport."
     )

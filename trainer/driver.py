@@ -64,6 +64,8 @@ class Run:
         self.tracker = None
         self.orch: Orchestrator | None = None
         self._owns_ray = False
+        self._pending_push: asyncio.Task | None = None
+        self.overlap_push = False  # decided in start_trainers (needs to know about GPUs)
 
     # ------------------------------------------------------------------ preparation
     def prepare_model(self) -> str:
@@ -192,12 +194,20 @@ class Run:
     def start_trainers(self, model_path: str, steps: int) -> None:
         import ray
 
-        from trainer.workers import TrainerWorker, free_port, node_ip
+        from sampler.launch import free_port
+        from trainer.workers import TrainerWorker, node_ip
 
         p = self.cfg.pipeline
         gpus = p.trainer_gpus_per_worker if self._has_gpus() else 0
         backend = "nccl" if gpus else "gloo"
-        Actor = ray.remote(max_restarts=0)(TrainerWorker)
+        self.overlap_push = (
+            p.overlap_weight_push
+            if p.overlap_weight_push is not None
+            else p.max_staleness >= 1 and not gpus
+        )
+        # "push": a second thread on which `finish_push` waits for a background weight push while
+        # the default group (one thread, calls in order) trains.
+        Actor = ray.remote(max_restarts=0, concurrency_groups={"push": 1})(TrainerWorker)
         master_port = free_port()
         master_addr = node_ip()
         self.workers = [
@@ -244,10 +254,35 @@ class Run:
         results = await self._all("train_step", per_rank=[(sh[0], items) for sh in shards])
         return results[0]
 
-    async def push(self, version: int, urls: list[str] | None = None) -> dict[str, float]:
+    async def push(
+        self, version: int, urls: list[str] | None = None, background: bool = False
+    ) -> dict[str, float]:
+        """Send the trainer's weights as `version`; the orchestrator learns it once they are live.
+
+        `background`: return once rank 0 has copied the weights; the push finishes while the
+        next step trains. The metrics returned include the previous background push's.
+        """
+        previous = await self.finish_push()
         bucket = self.cfg.pipeline.weight_sync_bucket_mb << 20
-        res = await self._all("push_weights", version, bucket, urls)
-        return res[0]
+        res = await self._all("push_weights", version, bucket, urls, background)
+        if urls is not None:  # a resync of restarted replicas: the others already serve it
+            return {**previous, **res[0]}
+        if background:
+            self._pending_push = asyncio.create_task(self._live_after_push(version))
+        elif self.orch is not None:
+            self.orch.set_version(version)
+        return {**previous, **res[0]}
+
+    async def _live_after_push(self, version: int) -> dict[str, float]:
+        stats = await self.workers[0].finish_push.options(concurrency_group="push").remote()
+        if self.orch is not None:
+            self.orch.set_version(version)
+        return stats
+
+    async def finish_push(self) -> dict[str, float]:
+        """Wait for the background push in flight, if any; its metrics (its error raises)."""
+        task, self._pending_push = self._pending_push, None
+        return await task if task is not None else {}
 
     async def evaluate(self, evals: list[Prompt]) -> dict[str, float]:
         from sampler.client import SamplingSpec
@@ -439,8 +474,8 @@ class Run:
             t2 = time.perf_counter()
             if (step + 1) % cfg.pipeline.sync_every == 0 or step + 1 == steps:
                 version = step + 1
-                metrics.update(await self.push(version))
-                self.orch.set_version(version)
+                overlap = self.overlap_push and step + 1 < steps
+                metrics.update(await self.push(version, background=overlap))
             t3 = time.perf_counter()
             metrics.update(
                 {
@@ -574,6 +609,8 @@ class Run:
             self.tracker.end(status="FAILED")
             self.tracker = None
 
+        if self._pending_push is not None:  # the worker's own shutdown waits for its thread
+            self._pending_push.cancel()
         if self.orch is not None:
             await self.orch.aclose()
         if self.workers:

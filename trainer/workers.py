@@ -10,16 +10,15 @@ Ray is imported by the driver; these classes are wrapped with `ray.remote` there
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import contextlib
 import logging
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sampler.launch import SamplerProcess
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +37,6 @@ TORCH_ENV_VARS = (
 )
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def node_ip() -> str:
     """This node's address as other nodes see it (loopback on a one-machine run)."""
     try:
@@ -52,12 +45,6 @@ def node_ip() -> str:
         return ray.util.get_node_ip_address()
     except Exception:  # Ray not initialised in this process: a local run
         return "127.0.0.1"
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when the actor process dies, so no orphan servers."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class TrainerWorker:
@@ -115,6 +102,12 @@ class TrainerWorker:
         self.pad_token_id = self.engine.tokenizer.pad_token_id
         self.pusher = None
         self._loop = asyncio.new_event_loop()
+        import threading
+
+        # The background push (thread, result box) and the lock that makes its waiters (the
+        # driver's `finish_push`, the next `push_weights`) take turns.
+        self._push: tuple[Any, dict[str, Any]] | None = None
+        self._push_lock = threading.Lock()
 
     def ready(self) -> int:
         return self.rank
@@ -157,20 +150,60 @@ class TrainerWorker:
             self.client.set_urls(urls)
 
     def push_weights(
-        self, version: int, bucket_bytes: int, urls: list[str] | None = None
+        self,
+        version: int,
+        bucket_bytes: int,
+        urls: list[str] | None = None,
+        background: bool = False,
     ) -> dict[str, float]:
-        """Collective: every rank walks the (ZeRO-gathered) parameters; rank 0 sends them."""
+        """Collective: every rank walks the (ZeRO-gathered) parameters; rank 0 sends them.
+
+        With `background`, rank 0 copies the weights and returns at once; a thread sends the
+        copy (training may change the parameters meanwhile) and `finish_push` returns its stats.
+        At most one push is in flight: a new one first waits for the previous one.
+        """
         it = self.engine.iter_named_params_for_sync(bucket_bytes)
         if self.rank != 0:
             for _ in it:
                 pass
             return {}
+        previous = self.finish_push()
         t0 = time.perf_counter()
-        stats = self._loop.run_until_complete(self.pusher.push(it, version, urls=urls))
-        return {
-            "timing/weight_sync_s": time.perf_counter() - t0,
-            **{f"weight_sync/{k}": float(v) for k, v in (stats or {}).items()},
-        }
+        if not background:
+            stats = self._loop.run_until_complete(self.pusher.push(it, version, urls=urls))
+            return {**previous, **_push_metrics(stats, time.perf_counter() - t0)}
+        import threading
+
+        snapshot = [(name, t.detach().clone()) for name, t in it]
+        snapshot_s = time.perf_counter() - t0
+        box: dict[str, Any] = {}
+
+        def send() -> None:
+            t1 = time.perf_counter()
+            try:
+                stats = self._loop.run_until_complete(
+                    self.pusher.push(iter(snapshot), version, urls=urls)
+                )
+                box["metrics"] = _push_metrics(stats, time.perf_counter() - t1)
+            except BaseException as e:  # raised by finish_push, in the driver
+                box["error"] = e
+
+        thread = threading.Thread(target=send, name=f"weight-push-v{version}", daemon=True)
+        thread.start()
+        self._push = (thread, box)
+        return {**previous, "timing/weight_snapshot_s": snapshot_s}
+
+    def finish_push(self) -> dict[str, float]:
+        """Wait for the background push (if any); its metrics, or its error raised here."""
+        with self._push_lock:
+            if self._push is None:
+                return {}
+            thread, box = self._push
+            thread.join()
+            self._push = None
+        if "error" in box:
+            raise box["error"]
+        return box["metrics"]
 
     def save_checkpoint(self, path: str, client_state: dict) -> None:
         self.engine.save_checkpoint(path, client_state)
@@ -185,10 +218,19 @@ class TrainerWorker:
         import torch.distributed as dist
 
         if self.pusher is not None:
+            with contextlib.suppress(Exception):  # its error was reported (or the run is ending)
+                self.finish_push()
             self._loop.run_until_complete(self.pusher.aclose())
             self._loop.run_until_complete(self.client.aclose())
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _push_metrics(stats: dict[str, float] | None, seconds: float) -> dict[str, float]:
+    return {
+        "timing/weight_sync_s": seconds,
+        **{f"weight_sync/{k}": float(v) for k, v in (stats or {}).items()},
+    }
 
 
 class SamplerReplica:
@@ -209,67 +251,39 @@ class SamplerReplica:
         self.host, self.api_key, self.admin_key = host, api_key, admin_key
         self.log_dir = Path(log_dir)
         self.env = env or {}
-        self.proc: subprocess.Popen | None = None
+        self.proc: SamplerProcess | None = None
         self.url: str | None = None
         self.restarts = -1
 
     def start(self, timeout_s: float = 600.0) -> str:
         """(Re)start the server and return its URL once /health says it is ready."""
+        from sampler.launch import start_sampler
+
         self.stop()
-        port = free_port("127.0.0.1" if self.host in ("127.0.0.1", "localhost") else "0.0.0.0")
+        loopback = self.host in ("127.0.0.1", "localhost")
         env = {k: v for k, v in os.environ.items() if k not in TORCH_ENV_VARS}
         env.update({"OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"), **self.env})
-        if self.api_key:
-            env["SAMPLER_API_KEY"] = self.api_key
-        env["SAMPLER_ADMIN_KEY"] = self.admin_key
-        cmd = [
-            sys.executable,
-            "-m",
-            "sampler",
-            "--model",
-            self.model_path,
-            "--host",
-            self.host,
-            "--port",
-            str(port),
-            *self.args,
-        ]
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.restarts += 1
-        logf = open(self.log_dir / f"sampler-{self.index}.log", "ab")  # noqa: SIM115 (owned by the child)
-        self.proc = subprocess.Popen(
-            cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        self.proc = start_sampler(
+            self.model_path,
+            log_path=self.log_dir / f"sampler-{self.index}.log",
+            host=self.host,
+            advertise="127.0.0.1" if loopback else node_ip(),
+            api_key=self.api_key,
+            admin_key=self.admin_key,
+            extra_args=self.args,
+            env=env,
+            die_with_parent=True,
+            timeout_s=timeout_s,
         )
-        advertised = node_ip() if self.host not in ("127.0.0.1", "localhost") else "127.0.0.1"
-        self.url = f"http://{advertised}:{port}"
-        self._wait_healthy(timeout_s)
+        self.url = self.proc.url
         return self.url
 
-    def _wait_healthy(self, timeout_s: float) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"sampler replica {self.index} exited with code {self.proc.returncode} while "
-                    f"starting; see {self.log_dir / f'sampler-{self.index}.log'}"
-                )
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass  # not listening yet
-            time.sleep(0.25)  # polling a subprocess we do not control; bounded by the deadline
-        raise TimeoutError(
-            f"sampler replica {self.index} not healthy after {timeout_s:.0f}s at {self.url}"
-        )
-
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
+        return self.proc.proc.pid if self.proc else None
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc is not None and self.proc.proc.poll() is None
 
     def info(self) -> dict[str, Any]:
         return {
@@ -281,11 +295,6 @@ class SamplerReplica:
         }
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            self.proc.stop()
         self.proc = None
