@@ -4,9 +4,12 @@ One command, same machine, same bytes:
   * baseline: a raw 2-process gloo broadcast (`ProcessGroupGloo.broadcast`) of the model's bytes
     in the same bucket sizes, buffers preallocated on both sides (the transport's ceiling);
   * the sampler's gloo transport end to end: `make_weight_pusher("gloo").push(state_dict)` into
-    a running `python -m sampler` replica (HTTP admin call, per-update rendezvous, packing, the
-    broadcast, vLLM's in-place reload, prefix-cache reset, version bump);
-  * the filesystem transport end to end (safetensors in a temp folder + reload), for reference.
+    a running `python -m sampler` replica per `sampler.cpu_weight_layout` (`--layouts`): HTTP
+    admin call, process group (kept across updates), the broadcasts, the in-place load (direct
+    placement in the plain layout, vLLM's reload in the packed one), prefix-cache reset, version;
+  * the filesystem transport end to end (safetensors in a temp folder + load), for reference;
+  * a second raw baseline in the pusher's own message sizes (one broadcast per large tensor),
+    which separates the cost of more, smaller messages from the cost of the update path;
 Prints median seconds and effective bytes/s of each and the ratio gloo-push/raw (goal >= 0.8).
 
     .venv/bin/python bench/bench_sampler_weight_sync.py --model tiny
@@ -68,6 +71,24 @@ def raw_broadcast(sizes: list[int], rounds: int) -> list[float]:
         times.append(time.perf_counter() - t0)
     proc.wait(timeout=120)
     return times
+
+
+def wire_messages(state: dict, bucket_bytes: int) -> list[int]:
+    """Byte sizes of the data broadcasts the gloo pusher issues for `state` (per bucket: the
+    packed region of small tensors, then one message per larger tensor)."""
+    from sampler.weight_sync import layout_bucket, packed_len, plan_buckets
+
+    items = list(state.items())
+    sizes = [t.numel() * t.element_size() for _, t in items]
+    out = []
+    for idx in plan_buckets(sizes, bucket_bytes):
+        metas = layout_bucket(
+            [(items[i][0], "float32", tuple(items[i][1].shape), sizes[i]) for i in idx]
+        )
+        if packed_len(metas):
+            out.append(packed_len(metas))
+        out += [m.nbytes for m in metas if not m.packed]
+    return out
 
 
 def bucket_sizes(state: dict, bucket_bytes: int) -> list[int]:
@@ -140,6 +161,8 @@ def main() -> int:
             f"buckets={len(sizes)} x <= {a.bucket_mb} MiB rounds={a.rounds} (1 warm-up each)"
         )
         raw = raw_broadcast(sizes, a.rounds + 1)[1:]
+        messages = wire_messages(state, bucket_bytes)
+        raw_msgs = raw_broadcast(messages, a.rounds + 1)[1:]
         results = {}
         for layout in a.layouts.split(","):
             cfg = Path(tmp) / f"{layout}.yaml"
@@ -161,9 +184,16 @@ def main() -> int:
                 sp.stop()
             results[layout] = (gloo, fs)
     raw_s = statistics.median(raw)
+    raw_msgs_s = statistics.median(raw_msgs)
     gb = nbytes / 1e9
     print("raw per round (ms): " + " ".join(f"{x * 1e3:.0f}" for x in raw))
     print(f"raw gloo broadcast:        {raw_s * 1e3:8.1f} ms  {gb / raw_s:6.2f} GB/s")
+    print(
+        f"raw, pusher's messages:    {raw_msgs_s * 1e3:8.1f} ms  {gb / raw_msgs_s:6.2f} GB/s "
+        f"({len(messages)} broadcasts instead of {len(sizes)}; per round (ms): "
+        + " ".join(f"{x * 1e3:.0f}" for x in raw_msgs)
+        + ")"
+    )
     for layout, (gloo, fs) in results.items():
         gloo_s = statistics.median(s["seconds"] for s in gloo)
         send_s = statistics.median(s["send_seconds"] for s in gloo)
@@ -184,7 +214,8 @@ def main() -> int:
         print(f"[{layout}] last replica stats: {gloo[-1]}")
         print(f"[{layout}] filesystem push (e2e):     {fs_s * 1e3:8.1f} ms  {gb / fs_s:6.2f} GB/s")
         print(
-            f"[{layout}] ratio gloo-push bytes/s / raw bytes/s: {raw_s / gloo_s:.3f} (goal >= 0.8)"
+            f"[{layout}] ratio gloo-push bytes/s / raw bytes/s: {raw_s / gloo_s:.3f} (goal >= 0.8); "
+            f"vs raw in the pusher's {len(messages)} messages: {raw_msgs_s / gloo_s:.3f}"
         )
         print(f"[{layout}] ratio pack+broadcast phase / raw:      {raw_s / send_s:.3f}")
     return 0
