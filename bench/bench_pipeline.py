@@ -79,6 +79,7 @@ def summarise(name: str, metrics: list[dict], batch: int, warmup: int) -> dict:
         **phases,
         "final_reward": _mean([m["reward"] for m in metrics[-3:]]),
         "first_reward": _mean([m["reward"] for m in metrics[:3]]),
+        "rewards": [round(m["reward"], 3) for m in metrics],
     }
 
 
@@ -93,6 +94,13 @@ def main() -> None:
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--staleness", default="0,1,2")
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="trainer.seed of the pipeline (data order and the sampler's engine seed) and TRL's --seed. "
+        "The reward after ~10 steps varies a lot between seeds (on both sides): compare several.",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -128,6 +136,7 @@ def main() -> None:
         save_steps=10_000,
         eval_steps=None,
         log_completions=False,
+        seed=a.seed,
     )
     cfg["mlflow"]["log_model"] = False
     cfg_path = tmp / "bench.yaml"
@@ -164,6 +173,8 @@ def main() -> None:
                 str(a.max_completion_length),
                 "--learning-rate",
                 str(a.learning_rate),
+                "--seed",
+                str(a.seed),
                 "--out",
                 str(out),
                 "--classes",
@@ -184,6 +195,7 @@ def main() -> None:
                 "step_s": _mean(steady),
                 "final_reward": _mean(trl["rewards"][-3:]),
                 "first_reward": _mean(trl["rewards"][:3]),
+                "rewards": [round(r, 3) for r in trl["rewards"]],
                 "wall_s": time.perf_counter() - t0,
             }
         )
@@ -193,7 +205,8 @@ def main() -> None:
     trl = base.get("stock TRL GRPOTrainer")
     print(
         f"\nmodel {a.model_size}, {a.prompts_per_step} prompts x G={a.num_generations}, "
-        f"{a.max_completion_length} completion tokens, {a.steps} steps (first {a.warmup} excluded)"
+        f"{a.max_completion_length} completion tokens, {a.steps} steps (first {a.warmup} excluded), "
+        f"seed {a.seed}"
     )
     print(
         "| variant | samples/s | vs sync | vs TRL | step s | wait rollout s | train s | weight sync s | reward first→last |"

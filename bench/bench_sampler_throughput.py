@@ -40,12 +40,14 @@ async def run_both(model: Path, prompts, n: int, max_tokens: int, repeats: int, 
 
     from sampler.client import SamplerClient, SamplingSpec
     from sampler.config import SamplerConfig
-    from sampler.engine import build_engine
+    from sampler.engine import build_engine, prepare_engine
     from sampler.launch import start_sampler
 
     sp = start_sampler(model, log_dir=log_dir, extra_args=["--dtype", "float32"])
     client = SamplerClient([sp.url])
-    engine = build_engine(model, SamplerConfig(dtype="float32"))
+    cfg = SamplerConfig(dtype="float32")
+    engine = build_engine(model, cfg)
+    await prepare_engine(engine, cfg)  # the server's CPU weight layout, so only HTTP differs
     pairs = []
     try:
         for r in range(repeats + 1):  # r == 0 warms both up

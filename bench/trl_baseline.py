@@ -71,6 +71,9 @@ def main() -> None:
         loss_type="dapo",
         dataloader_num_workers=0,
         disable_tqdm=True,
+        # TRL 1.16 defaults to gradient checkpointing; off, its step is 6-13% faster on this
+        # workload (measured), which makes the stronger baseline.
+        gradient_checkpointing=False,
     )
     tok = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForCausalLM.from_pretrained(a.model)

@@ -71,7 +71,11 @@ class GRPOSettings(BaseModel):
         "outputs/run", description="Checkpoints, final model, local MLflow store."
     )
     run_name: str | None = Field(None, description="MLflow run name.")
-    seed: int = Field(42, description="Seed for init, data order and sampling.")
+    seed: int = Field(
+        42,
+        description="Seed for init, data order and sampling (the samplers' engine seed unless "
+        "sampler.seed is set; replica i uses seed + i).",
+    )
     # optimisation
     learning_rate: float = Field(1e-6, gt=0, description="Peak learning rate (AdamW).")
     lr_scheduler_type: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
@@ -375,6 +379,10 @@ class RunConfig(BaseModel):
                 f"{t.gradient_accumulation_steps} x pipeline.num_trainer_workers {self.pipeline.num_trainer_workers}"
                 f" = {per_step}): change one of them"
             )
+        if "seed" not in self.sampler.model_fields_set:
+            # trainer.seed seeds rollout sampling too, as TRL's `seed` seeds generation: otherwise
+            # runs that differ only in trainer.seed would all sample with the same engine stream.
+            self.sampler.seed = t.seed
         if t.vllm_importance_sampling_mode is None:
             stale = self.pipeline.max_staleness > 0
             t.vllm_importance_sampling_mode = "token_truncate" if stale else "sequence_mask"

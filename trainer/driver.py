@@ -30,9 +30,10 @@ log = logging.getLogger("trainer")
 CKPT_PREFIX = "step-"
 
 
-def _sampler_args(config_file: Path, dtype: str) -> list[str]:
-    """The sampler reads its section of the resolved run config; only the dtype is decided here."""
-    return ["--config", str(config_file), "--dtype", dtype]
+def _sampler_args(config_file: Path, dtype: str, seed: int) -> list[str]:
+    """The sampler reads its section of the resolved run config; the dtype and the engine seed are
+    decided here (each replica gets its own seed, so replicas never share a sampling stream)."""
+    return ["--config", str(config_file), "--dtype", dtype, "--seed", str(seed)]
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -169,7 +170,7 @@ class Run:
             Actor.options(**self._role_options("grpo_sampler", gpus)).remote(
                 i,
                 model_path,
-                _sampler_args(config_file, dtype),
+                _sampler_args(config_file, dtype, s.seed + i),
                 s.host,
                 self.api_key,
                 self.admin_key,

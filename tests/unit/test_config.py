@@ -45,6 +45,31 @@ def test_trl_names_and_defaults():
     assert t.vllm_importance_sampling_clip_max == 2.5
 
 
+def test_trainer_seed_seeds_each_sampler_replica(tmp_path):
+    """trainer.seed reaches the samplers' engines (TRL's `seed` seeds generation too), one
+    stream per replica; an explicit sampler.seed wins. Before, every run sampled with engine
+    seed 0 whatever trainer.seed was, so "different seeds" shared their sampling noise."""
+    from sampler.__main__ import parse_args
+    from trainer.driver import _sampler_args
+
+    assert parse_config({}).sampler.seed == 42
+    assert parse_config({"trainer": {"seed": 7}}).sampler.seed == 7
+    assert parse_config({"trainer": {"seed": 7}, "sampler": {"seed": 3}}).sampler.seed == 3
+    c = tmp_path / "c.yaml"
+    c.write_text(yaml.safe_dump({"trainer": {"seed": 5}}))
+    cfg = load_config(c, {"trainer.seed": 11})
+    assert cfg.sampler.seed == 11
+    # what a replica actually runs with: the resolved config plus the driver's per-replica args
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    (tmp_path / "config.json").write_text("{}")
+    seeds = [
+        parse_args(["--model", str(tmp_path), *_sampler_args(resolved, "float32", cfg.sampler.seed + i)])[1].seed
+        for i in range(2)
+    ]  # fmt: skip
+    assert seeds == [11, 12]
+
+
 def test_unknown_key_names_key_and_suggests_fix():
     with pytest.raises(ConfigError) as e:
         parse_config({"trainer": {"learning_rat": 1e-5}}, "x.yaml")
