@@ -10,9 +10,10 @@ Why two layouts. vLLM's CPU backend prepacks every linear weight into a oneDNN h
 the tensor. A weight update then has to go through `reload_weights`, which rebuilds each layer
 from meta tensors and packs it again: measured 240 ms for a 100M model (0.4 GB), twice the time
 the bytes take over gloo. In the plain layout a layer computes `F.linear(x, weight)` over an
-ordinary tensor, so an update is `model.load_weights` (a copy per tensor, overlapped with the
-receive): 7 ms instead of 74 ms on 25M. The price is generation speed: plain GEMMs measured up
-to ~8% slower on this 2-core machine (docs/benchmarks.md).
+ordinary tensor, and an update receives each tensor straight into its parameter (see
+`load_and_map`): loading takes 7 ms instead of 74 ms on 25M. The price is generation speed:
+plain GEMMs measured 8-18% slower on this 2-core machine, which is why "packed" is the default
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def _start(models, tmp_path_factory, layout: str):
 
 @pytest.fixture(scope="module")
 def server(models, tmp_path_factory):
-    """The default CPU weight layout (plain)."""
+    """The plain CPU weight layout: updates land directly in the parameters."""
     sp = _start(models, tmp_path_factory, "plain")
     yield sp
     sp.stop()
