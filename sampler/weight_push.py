@@ -217,6 +217,7 @@ class DistWeightPusher(WeightPusher):
 
         from sampler.weight_sync import (
             align_up,
+            as_bytes,
             broadcast,
             bucket_len,
             dtype_name,
@@ -271,9 +272,9 @@ class DistWeightPusher(WeightPusher):
                 region = self.pool.get(int(stats["buckets"]) % 2, small)
                 for m in metas:
                     if m.packed:
-                        region[m.offset : m.offset + m.nbytes].copy_(_as_bytes(by_name[m.name]))
+                        region[m.offset : m.offset + m.nbytes].copy_(as_bytes(by_name[m.name]))
                 data.append(region)
-            data += [_as_bytes(by_name[m.name]) for m in metas if not m.packed]
+            data += [as_bytes(by_name[m.name]) for m in metas if not m.packed]
             meta = torch.frombuffer(bytearray(encode_meta(metas)), dtype=torch.uint8).to(dev)
             used = bucket_len(metas)
             header = torch.tensor([meta.numel(), used], dtype=torch.int64, device=dev)
@@ -303,13 +304,6 @@ class DistWeightPusher(WeightPusher):
             wait_oldest()
         stats["send_seconds"] = time.perf_counter() - t_start
         return stats
-
-
-def _as_bytes(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous tensor's storage viewed as flat uint8 (no copy)."""
-    import torch
-
-    return t.reshape(-1).view(torch.uint8)
 
 
 class FilesystemWeightPusher(WeightPusher):

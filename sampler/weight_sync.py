@@ -143,6 +143,13 @@ def dtype_name(t: torch.Tensor) -> str:
     return name
 
 
+def as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor's storage viewed as flat uint8 (no copy): what travels on the wire."""
+    import torch
+
+    return t.reshape(-1).view(torch.uint8)
+
+
 def unpack(buf: torch.Tensor, metas: list[TensorMeta]) -> Iterator[tuple[str, torch.Tensor]]:
     """Views (no copies) of each tensor inside a received uint8 bucket."""
     import torch
@@ -241,7 +248,7 @@ def receive_buckets(
         t = targets.get(m.name)
         if t is None or tuple(t.shape) != m.shape or dtype_name(t) != m.dtype:
             return None
-        return t.reshape(-1).view(torch.uint8)
+        return as_bytes(t)
 
     def receive() -> None:
         t0 = time.perf_counter()

@@ -266,11 +266,10 @@ class Run:
         previous = await self.finish_push()
         bucket = self.cfg.pipeline.weight_sync_bucket_mb << 20
         res = await self._all("push_weights", version, bucket, urls, background)
-        if urls is not None:  # a resync of restarted replicas: the others already serve it
-            return {**previous, **res[0]}
-        if background:
+        # A resync of restarted replicas (`urls`) changes no version: the others already serve it.
+        if urls is None and background:
             self._pending_push = asyncio.create_task(self._live_after_push(version))
-        elif self.orch is not None:
+        elif urls is None and self.orch is not None:
             self.orch.set_version(version)
         return {**previous, **res[0]}
 
