@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -216,15 +216,18 @@ class DistWeightPusher(WeightPusher):
         import torch
 
         from sampler.weight_sync import (
-            align_up,
             as_bytes,
             broadcast,
             bucket_len,
             dtype_name,
             encode_meta,
+            iter_buckets,
             layout_bucket,
             packed_len,
         )
+
+        def nbytes(t: torch.Tensor) -> int:
+            return t.numel() * t.element_size()
 
         live = dict(groups)
         dev = self.device
@@ -260,10 +263,7 @@ class DistWeightPusher(WeightPusher):
 
         def flush(entries: list[tuple[str, torch.Tensor]]) -> None:
             metas = layout_bucket(
-                [
-                    (n, dtype_name(t), tuple(t.shape), t.numel() * t.element_size())
-                    for n, t in entries
-                ]
+                [(n, dtype_name(t), tuple(t.shape), nbytes(t)) for n, t in entries]
             )
             by_name = dict(entries)
             small = packed_len(metas)
@@ -282,22 +282,16 @@ class DistWeightPusher(WeightPusher):
             stats["bytes"] += used
             stats["buckets"] += 1
 
-        used = 0
-        entries: list[tuple[str, torch.Tensor]] = []
-        for name, tensor in named_tensors:
-            t = tensor.detach()
-            nbytes = t.numel() * t.element_size()
-            dtype_name(t)  # refuse an unsupported dtype before anything is sent
-            if entries and align_up(used) + nbytes > self.bucket_bytes:
-                flush(entries)
-                used, entries = 0, []
-            # A tensor larger than bucket_bytes gets a bucket of its own.
-            if t.device.type != torch.device(dev).type:
-                t = t.to(dev)
-            entries.append((name, t.contiguous()))
-            used = align_up(used) + nbytes
-            stats["tensors"] += 1
-        if entries:
+        def prepared() -> Iterator[tuple[str, torch.Tensor]]:
+            for name, tensor in named_tensors:
+                t = tensor.detach()
+                dtype_name(t)  # refuse an unsupported dtype before its bucket is sent
+                if t.device.type != torch.device(dev).type:
+                    t = t.to(dev)
+                stats["tensors"] += 1
+                yield name, t.contiguous()
+
+        for entries in iter_buckets(prepared(), lambda e: nbytes(e[1]), self.bucket_bytes):
             flush(entries)
         send([torch.zeros(2, dtype=torch.int64, device=dev)])
         while pending:

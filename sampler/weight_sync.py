@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 ALIGN = 64  # byte alignment of every tensor inside a bucket (any dtype can view it)
 # Tensors below this size travel packed together (one broadcast per bucket): each broadcast
@@ -98,27 +99,33 @@ def align_up(n: int, align: int = ALIGN) -> int:
     return (n + align - 1) // align * align
 
 
-def plan_buckets(sizes: Iterable[int], bucket_bytes: int) -> list[list[int]]:
-    """Group tensor byte sizes (in order) into buckets of at most `bucket_bytes` (aligned).
+def iter_buckets(
+    items: Iterable[_T], nbytes: Callable[[_T], int], bucket_bytes: int
+) -> Iterator[list[_T]]:
+    """Group items (in order) lazily into buckets whose aligned layout fits `bucket_bytes`.
 
-    A tensor larger than `bucket_bytes` gets a bucket of its own. Returns index lists. This is the
-    same rule `DistWeightPusher._send_all` applies lazily; kept pure for tests and planning.
+    An item larger than `bucket_bytes` gets a bucket of its own. Lazy, so the pusher can stream a
+    ZeRO-3 gather without knowing the tensor list; `plan_buckets` is the same rule on sizes.
     """
     if bucket_bytes <= 0:
         raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
-    buckets: list[list[int]] = []
-    cur: list[int] = []
+    cur: list[_T] = []
     used = 0
-    for i, size in enumerate(sizes):
-        need = align_up(size)
-        if cur and used + need > bucket_bytes:
-            buckets.append(cur)
+    for item in items:
+        size = nbytes(item)
+        if cur and align_up(used) + size > bucket_bytes:
+            yield cur
             cur, used = [], 0
-        cur.append(i)
-        used += need
+        cur.append(item)
+        used = align_up(used) + size
     if cur:
-        buckets.append(cur)
-    return buckets
+        yield cur
+
+
+def plan_buckets(sizes: Iterable[int], bucket_bytes: int) -> list[list[int]]:
+    """Index lists of `iter_buckets` over tensor byte sizes (for tests and planning)."""
+    pairs = iter_buckets(enumerate(sizes), lambda p: p[1], bucket_bytes)
+    return [[i for i, _ in bucket] for bucket in pairs]
 
 
 def encode_meta(metas: list[TensorMeta]) -> bytes:
