@@ -53,7 +53,7 @@ def build_ds_config(
     cfg: dict[str, Any] = (
         json.loads(json.dumps(user))
         if user
-        else {"zero_optimization": {"stage": settings.zero_stage}}
+        else {"zero_optimization": {"stage": default_zero_stage(settings, world_size)}}
     )
     mbs, gas = settings.per_device_train_batch_size, settings.gradient_accumulation_steps
     wanted = {
@@ -80,8 +80,15 @@ def build_ds_config(
     cfg.setdefault("wall_clock_breakdown", False)
     zero = cfg.setdefault("zero_optimization", {})
     if zero.get("stage", "auto") == "auto":
-        zero["stage"] = settings.zero_stage
+        zero["stage"] = default_zero_stage(settings, world_size)
     return cfg
+
+
+def default_zero_stage(settings: GRPOSettings, world_size: int) -> int:
+    """`zero_stage`, or 0 for a single process (nothing to partition) and 2 for several."""
+    if settings.zero_stage is not None:
+        return settings.zero_stage
+    return 0 if world_size == 1 else 2
 
 
 def _warmup_steps(settings: GRPOSettings, total_steps: int) -> int:
@@ -178,6 +185,7 @@ class PolicyEngine:
             lr=settings.learning_rate,
             betas=(settings.adam_beta1, settings.adam_beta2),
             eps=settings.adam_epsilon,
+            fused=settings.optim == "adamw_torch_fused",
         )
         warmup = _warmup_steps(settings, total_steps)
 
@@ -261,6 +269,7 @@ class PolicyEngine:
         micro_sums: list[dict[str, tuple[float, float]]] = []
         is_stats: list[dict[str, float]] = []
         loss_total = 0.0
+        own_norm = None
         for mb in split_micro_batches(batch, gas):
             logps, ent = self._logps(self.engine, mb)
             mask = mb.completion_mask
@@ -296,11 +305,18 @@ class PolicyEngine:
             )
             # The loss is already normalised for accumulation (TRL's convention): no DeepSpeed rescale.
             self.engine.backward(out.loss, scale_wrt_gas=False)
+            if self.zero_stage == 0 and self.engine.is_gradient_accumulation_boundary():
+                # DeepSpeed's non-ZeRO fp32 path clips without keeping the norm; the gradients
+                # are all-reduced by now, so this is the norm it clips by.
+                grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+                own_norm = torch.nn.utils.get_total_norm(grads)
             self.engine.step()
             loss_total += float(out.loss.detach().item())
             micro_sums.append(out.token_sums)
         self._step += 1
         grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is None:
+            grad_norm = own_norm
         return self._reduce_metrics(micro_sums, is_stats, loss_total, grad_norm, lr)
 
     def _reduce_metrics(

@@ -21,7 +21,7 @@ MBS = 2
 GAS = 2
 
 
-def _settings(stage: int, mbs: int, gas: int, **kw):
+def _settings(stage: int | None, mbs: int, gas: int, **kw):
     from trainer.config import GRPOSettings
 
     base = dict(
@@ -201,13 +201,20 @@ def _check(results: list[dict], tmp_path, use_peft: bool, beta: float = 0.0) -> 
 
 
 def _single_rank_worker(model_dir: str) -> dict:
-    """World size 1 trains on both ranks' first batches: the step must equal the 2-rank step."""
+    """World size 1 trains on both ranks' first batches: the step must equal the 2-rank step.
+
+    It runs the single-process defaults (ZeRO stage 0) with the per-tensor AdamW loop, against the
+    2-rank ZeRO-2 run with the fused AdamW (the default): both paths give one update.
+    """
     from trainer.batch import collate
     from trainer.config import ModelConfig
     from trainer.engine import PolicyEngine
 
     e = PolicyEngine(
-        model_dir, _settings(2, 2 * MBS, GAS), ModelConfig(name_or_path=model_dir), total_steps=4
+        model_dir,
+        _settings(None, 2 * MBS, GAS, optim="adamw_torch"),
+        ModelConfig(name_or_path=model_dir),
+        total_steps=4,
     )
     pad, vocab = e.tokenizer.pad_token_id, len(e.tokenizer)
     parts = [_batch(100 + r, MBS * GAS, pad, vocab) for r in range(2)]
@@ -215,7 +222,7 @@ def _single_rank_worker(model_dir: str) -> dict:
     for part in parts:
         samples += _unbatch(part, pad)
     m = e.train_step(collate(samples, pad))
-    return {"m1": m, "w1": dict(e.iter_named_params_for_sync())}
+    return {"m1": m, "w1": dict(e.iter_named_params_for_sync()), "stage": e.zero_stage}
 
 
 def _unbatch(batch, pad: int) -> list:
@@ -249,6 +256,7 @@ def test_engine_zero(tiny_model_dir, tmp_path, stage, beta):
         (single,) = run_distributed(
             _single_rank_worker, 1, str(tiny_model_dir), timeout_s=300, env={"OMP_NUM_THREADS": "1"}
         )
+        assert single["stage"] == 0
         assert single["m1"]["grad_norm"] == pytest.approx(results[0]["m1"]["grad_norm"], rel=1e-5)
         assert single["m1"]["loss"] == pytest.approx(results[0]["m1"]["loss"], rel=1e-5, abs=1e-7)
         assert _max_diff(single["w1"], results[0]["w1"]) < 1e-5
@@ -285,6 +293,9 @@ def test_ds_config_defaults_and_auto_values(tmp_path):
 
     cfg = build_ds_config(_settings(3, MBS, GAS), 2)
     assert cfg["zero_optimization"]["stage"] == 3
+    # unset: nothing to partition on one process (stage 0), ZeRO-2 across several
+    assert build_ds_config(_settings(None, MBS, GAS), 1)["zero_optimization"]["stage"] == 0
+    assert build_ds_config(_settings(None, MBS, GAS), 4)["zero_optimization"]["stage"] == 2
     assert (cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"]) == (MBS, GAS)
     assert cfg["train_batch_size"] == MBS * GAS * 2 and cfg["gradient_clipping"] == 1.0
     assert cfg["zero_allow_untested_optimizer"] is True and cfg["bf16"]["enabled"] is False
