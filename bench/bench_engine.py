@@ -1,12 +1,15 @@
 """Benchmark of trainer.engine.PolicyEngine: one GRPO optimizer step and one full-weight export.
 
-Runs 2 gloo ranks (trainer.dist_launch) on a random-init Qwen2 (tiny, or ~25M parameters like the
-DESIGN workload) with ZeRO-2 (the baseline) and ZeRO-3 in the same command, and prints per-step
-time, trained tokens/s, and the time of `iter_named_params_for_sync` (what each weight push costs
-on the trainer side), with ZeRO-3 / ZeRO-2 ratios.
+Runs `--world` gloo ranks (trainer.dist_launch) on a random-init Qwen2 (tiny, or ~25M parameters
+like the DESIGN workload) for each variant (ZeRO stage x AdamW implementation) in the same command,
+and prints per-step time, trained tokens/s, and the time of `iter_named_params_for_sync` (what each
+weight push costs on the trainer side), with ratios against the first variant (the baseline).
 
     .venv/bin/python bench/bench_engine.py --model tiny
     .venv/bin/python bench/bench_engine.py --model 25m --steps 3
+    # one trainer process, as the local pipeline runs it: ZeRO-2 vs 0, per-tensor vs fused AdamW
+    .venv/bin/python bench/bench_engine.py --model 25m --world 1 --threads 2 --mbs 16 --gas 1 \\
+        --steps 5 --variants 2:adamw_torch,0:adamw_torch,2:adamw_torch_fused,0:adamw_torch_fused
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ def _samples(seed: int, n: int, g: int, prompt_len: int, completion_len: int, vo
     return out
 
 
-def _rank(model_dir: str, stage: int, mbs: int, gas: int, steps: int, completion_len: int) -> dict:
+def _rank(
+    model_dir: str, stage: int, optim: str, mbs: int, gas: int, steps: int, completion_len: int
+) -> dict:
     import torch.distributed as dist
 
     from trainer.batch import collate
@@ -64,6 +69,7 @@ def _rank(model_dir: str, stage: int, mbs: int, gas: int, steps: int, completion
         num_generations=8,
         max_completion_length=completion_len,
         zero_stage=stage,
+        optim=optim,
     )
     t0 = time.perf_counter()
     eng = PolicyEngine(
@@ -99,6 +105,13 @@ def main() -> int:
     ap.add_argument("--mbs", type=int, default=4, help="per_device_train_batch_size")
     ap.add_argument("--gas", type=int, default=2, help="gradient_accumulation_steps")
     ap.add_argument("--completion-len", type=int, default=128)
+    ap.add_argument("--world", type=int, default=2, help="trainer processes (gloo ranks)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    ap.add_argument(
+        "--variants",
+        default="2:adamw_torch_fused,3:adamw_torch_fused",
+        help="comma-separated STAGE:OPTIM; the first is the baseline of the ratios",
+    )
     args = ap.parse_args()
     os.environ.setdefault(
         "TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "grpo-service" / "torch_extensions")
@@ -106,32 +119,33 @@ def main() -> int:
     from data.tiny_model import build_tiny_model
     from trainer.dist_launch import run_distributed
 
+    variants = [(int(v.split(":")[0]), v.split(":")[1]) for v in args.variants.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(build_tiny_model(Path(tmp) / "model", seed=0, **MODELS[args.model]))
-        env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {"OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
         res = {}
-        for stage in (2, 3):
+        for stage, optim in variants:
             r = run_distributed(
-                _rank, 2, model_dir, stage, args.mbs, args.gas, args.steps, args.completion_len,
-                timeout_s=900, env=env,
+                _rank, args.world, model_dir, stage, optim, args.mbs, args.gas, args.steps,
+                args.completion_len, timeout_s=900, env=env,
             )  # fmt: skip
-            res[stage] = r[0]
-    samples = 2 * args.mbs * args.gas
+            res[stage, optim] = r[0]
+    samples = args.world * args.mbs * args.gas
     tokens = samples * args.completion_len
-    print(f"model={args.model} params={res[2]['params']:,} world=2 (gloo, CPU) samples/step={samples} "
-          f"completion_len={args.completion_len} steps={args.steps} load={os.getloadavg()[0]:.2f}")  # fmt: skip
-    for stage in (2, 3):
-        r = res[stage]
+    first = res[variants[0]]
+    print(f"model={args.model} params={first['params']:,} world={args.world} (gloo, CPU) "
+          f"threads={args.threads} samples/step={samples} completion_len={args.completion_len} "
+          f"steps={args.steps} load={os.getloadavg()[0]:.2f}")  # fmt: skip
+    base_st = statistics.median(first["step_s"])
+    base_sy = statistics.median(first["sync_s"])
+    for (stage, optim), r in res.items():
         st, sy = statistics.median(r["step_s"]), statistics.median(r["sync_s"])
         print(
-            f"ZeRO-{stage}: init {r['init_s']:.2f}s  train_step {st:.3f}s ({tokens / st:,.0f} completion tok/s, "
-            f"{samples / st:.2f} samples/s)  iter_named_params_for_sync {sy * 1000:.1f} ms ({r['tensors']} tensors)"
+            f"ZeRO-{stage} {optim}: init {r['init_s']:.2f}s  train_step {st:.3f}s "
+            f"({tokens / st:,.0f} completion tok/s, {samples / st:.2f} samples/s, "
+            f"{st / base_st:.2f}x baseline)  iter_named_params_for_sync {sy * 1000:.1f} ms "
+            f"({sy / base_sy:.2f}x, {r['tensors']} tensors)"
         )
-    s2, s3 = statistics.median(res[2]["step_s"]), statistics.median(res[3]["step_s"])
-    y2, y3 = statistics.median(res[2]["sync_s"]), statistics.median(res[3]["sync_s"])
-    print(
-        f"ratio ZeRO-3/ZeRO-2 (baseline): train_step {s3 / s2:.2f}x  weight export {y3 / y2:.2f}x"
-    )
     return 0
 
 
