@@ -93,7 +93,7 @@ class GRPOSettings(BaseModel):
     optim: Literal["adamw_torch_fused", "adamw_torch"] = Field(
         "adamw_torch_fused",
         description="AdamW implementation (TRL's names and default on torch >= 2.8): fused, one "
-        "kernel over all tensors (CPU or GPU), or torch's per-tensor loop (~10% slower CPU step).",
+        "kernel over all tensors (CPU or GPU), or torch's per-tensor loop.",
     )
     per_device_train_batch_size: int = Field(
         8, ge=1, description="Completions per trainer process per micro-step."
@@ -121,8 +121,8 @@ class GRPOSettings(BaseModel):
     zero_stage: Literal[0, 1, 2, 3] | None = Field(
         None,
         description="ZeRO stage when `deepspeed` is not given; default: 0 with one trainer "
-        "process (ZeRO partitions nothing there, and its flat-buffer copies cost ~5% of a CPU "
-        "step), 2 with several.",
+        "process (ZeRO partitions nothing there, and its flat-buffer copies cost 12-16% of a "
+        "CPU step, docs/benchmarks.md), 2 with several.",
     )
     # generation
     num_generations: int = Field(8, ge=2, description="G: completions per prompt (a group).")
