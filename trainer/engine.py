@@ -50,10 +50,9 @@ def build_ds_config(
                 raise FileNotFoundError(f"trainer.deepspeed: config file {path!r} not found")
             with open(path, encoding="utf-8") as f:
                 user = json.load(f)
+    stage = default_zero_stage(settings, world_size)
     cfg: dict[str, Any] = (
-        json.loads(json.dumps(user))
-        if user
-        else {"zero_optimization": {"stage": default_zero_stage(settings, world_size)}}
+        json.loads(json.dumps(user)) if user else {"zero_optimization": {"stage": stage}}
     )
     mbs, gas = settings.per_device_train_batch_size, settings.gradient_accumulation_steps
     wanted = {
@@ -80,7 +79,7 @@ def build_ds_config(
     cfg.setdefault("wall_clock_breakdown", False)
     zero = cfg.setdefault("zero_optimization", {})
     if zero.get("stage", "auto") == "auto":
-        zero["stage"] = default_zero_stage(settings, world_size)
+        zero["stage"] = stage
     return cfg
 
 
