@@ -5,7 +5,8 @@ role (first N nodes sampler, the rest trainer), starting this node's Ray (head o
 elsewhere, each advertising its role's custom resource), running the driver on node 0, keeping the
 other nodes alive until it ends, and making every node exit with the driver's status.
 Exit codes: the driver's (a signal death becomes 128+signal); 2 for a bad environment or config
-(nothing started); 3 when the cluster could not form or lost a node.
+(nothing started); 3 when the cluster could not form or lost a node. When it ends, however it ends
+(SIGKILL included), nothing it started is left running (`deploy.reaper`).
 Does not know: what the driver does (any command after `--`; default `python -m trainer`), Azure.
 """
 
@@ -33,6 +34,7 @@ from deploy.layout import (
     scrub_torch_env,
 )
 from deploy.raynode import RayNode, ray_executable, ray_start_command
+from deploy.reaper import MARK, Reaper, new_mark
 from deploy.rendezvous import HeadRendezvous, RendezvousError, WorkerRendezvous
 
 log = logging.getLogger("deploy.launch")
@@ -449,9 +451,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    if node.node_rank == 0:
-        return run_head(args, driver_cmd, layout, node, env)
-    return run_worker(args, layout, node, role, env)
+    # Everything this node starts carries the mark; the reaper kills what is left of it when this
+    # launcher ends, however it ends (a SIGKILLed launcher runs no `finally`).
+    env[MARK] = new_mark()
+    reaper = Reaper(env[MARK], environ)
+    try:
+        if node.node_rank == 0:
+            return run_head(args, driver_cmd, layout, node, env)
+        return run_worker(args, layout, node, role, env)
+    finally:
+        reaper.close()
 
 
 if __name__ == "__main__":

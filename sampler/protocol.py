@@ -130,6 +130,12 @@ class GlooUpdateRequest(_Strict):
     backend: Literal["gloo", "nccl"] = "gloo"
     version: int | None = Field(None, ge=0, description="New version; default: current + 1.")
     timeout_s: float | None = Field(None, gt=0, le=3600)
+    connect_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=3600,
+        description="Limit on reaching the trainer's store (default timeout_s).",
+    )
     session: str | None = Field(
         None,
         min_length=1,

@@ -353,6 +353,7 @@ class SamplerService:
             "host": req.master_addr,
             "port": req.master_port,
             "timeout_s": timeout,
+            "connect_timeout_s": req.connect_timeout_s or timeout,
             "session": req.session,
             "new_group": req.new_group,
         }

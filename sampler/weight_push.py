@@ -65,24 +65,27 @@ class WeightPusher:
         return stats
 
 
-def _sync_addr(urls: list[str]) -> str:
-    """Address replicas use to reach this process's TCPStore."""
+def _sync_addr(url: str) -> str:
+    """The address a replica dials to reach this process's TCPStore: this node's source address
+    on the route to it (never `gethostname()`, which may resolve to loopback)."""
     env = os.environ.get("SAMPLER_SYNC_ADDR")
     if env:
         return env
-    hosts = {urlparse(u).hostname for u in urls}
-    if hosts <= {"127.0.0.1", "localhost", "::1"}:
-        return "127.0.0.1"
-    import socket
+    from sampler.netaddr import route_source
 
-    return socket.gethostbyname(socket.gethostname())
+    return route_source(urlparse(url).hostname or "")
 
 
 class DistWeightPusher(WeightPusher):
     """torch.distributed broadcast over one standalone 2-rank group per replica."""
 
     def __init__(
-        self, client: SamplerClient, backend: str, bucket_bytes: int, timeout_s: float
+        self,
+        client: SamplerClient,
+        backend: str,
+        bucket_bytes: int,
+        timeout_s: float,
+        connect_timeout_s: float | None = None,
     ) -> None:
         from sampler.weight_sync import BufferPool
 
@@ -95,6 +98,7 @@ class DistWeightPusher(WeightPusher):
         self._sessions: dict[str, tuple[str, str, Any, Any]] = {}
         self.bucket_bytes = bucket_bytes
         self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s or timeout_s
         device = "cpu"
         if backend == "nccl":
             import torch
@@ -118,7 +122,7 @@ class DistWeightPusher(WeightPusher):
 
         urls = [u.rstrip("/") for u in (urls or self.client.urls)]
         t0 = time.perf_counter()
-        addr = _sync_addr(urls)
+        addrs = {u: _sync_addr(u) for u in urls}
         failed: dict[str, str] = {}
         groups: dict[str, Any] = {}
         # A replica that does not answer /health is failed now, not after a rendezvous timeout;
@@ -138,7 +142,7 @@ class DistWeightPusher(WeightPusher):
                 groups[u] = old[3]
             else:
                 self._sessions.pop(u, None)
-                store = dist.TCPStore(addr, 0, 2, is_master=True, wait_for_workers=False)
+                store = dist.TCPStore(addrs[u], 0, 2, is_master=True, wait_for_workers=False)
                 plan[u] = (uuid.uuid4().hex, store, True)
         http = {
             u: asyncio.create_task(
@@ -146,11 +150,12 @@ class DistWeightPusher(WeightPusher):
                     u,
                     "/admin/weights/gloo",
                     {
-                        "master_addr": addr,
+                        "master_addr": addrs[u],
                         "master_port": store.port,
                         "backend": self.backend,
                         "version": version,
                         "timeout_s": self.timeout_s,
+                        "connect_timeout_s": self.connect_timeout_s,
                         "session": session,
                         "new_group": new,
                     },
@@ -163,7 +168,7 @@ class DistWeightPusher(WeightPusher):
         async def join(u: str) -> None:
             store = plan[u][1]
             grp = asyncio.ensure_future(
-                asyncio.to_thread(make_group, self.backend, addr, 0, 0, self.timeout_s, store)
+                asyncio.to_thread(make_group, self.backend, addrs[u], 0, 0, self.timeout_s, store)
             )
             done, _ = await asyncio.wait({grp, http[u]}, return_when=asyncio.FIRST_COMPLETED)
             if grp in done and grp.exception() is None:
@@ -375,6 +380,7 @@ def make_weight_pusher(
     bucket_bytes: int,
     timeout_s: float,
     shared_dir: str | None = None,
+    connect_timeout_s: float | None = None,
 ) -> WeightPusher:
     """transport: 'gloo' | 'nccl' | 'filesystem' (the caller resolves 'auto')."""
     if transport == "filesystem":
@@ -383,4 +389,4 @@ def make_weight_pusher(
                 "transport 'filesystem' needs shared_dir= (a folder every replica can read)"
             )
         return FilesystemWeightPusher(client, shared_dir, bucket_bytes, timeout_s)
-    return DistWeightPusher(client, transport, bucket_bytes, timeout_s)
+    return DistWeightPusher(client, transport, bucket_bytes, timeout_s, connect_timeout_s)

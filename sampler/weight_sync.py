@@ -192,20 +192,44 @@ class BufferPool:
 
 
 def make_group(
-    backend: str, host: str, port: int, rank: int, timeout_s: float, store: Any = None
+    backend: str,
+    host: str,
+    port: int,
+    rank: int,
+    timeout_s: float,
+    store: Any = None,
+    connect_timeout_s: float | None = None,
 ) -> tuple[Any, Any]:
     """A standalone 2-rank process group (not registered with torch.distributed's default world).
 
     Rank 0 (the trainer) hosts the TCPStore; pass its `store` when it already exists. Returns
-    (store, group). Finite timeout everywhere: a vanished peer raises instead of hanging.
+    (store, group). Finite timeout everywhere: a vanished peer raises instead of hanging;
+    `connect_timeout_s` (default `timeout_s`) bounds reaching the store.
     """
     import torch.distributed as dist
 
+    from sampler.netaddr import gloo_device, route_source
+
     timeout = timedelta(seconds=timeout_s)
     if store is None:
-        store = dist.TCPStore(host, port, 2, is_master=rank == 0, timeout=timeout)
+        connect = connect_timeout_s or timeout_s
+        try:
+            store = dist.TCPStore(
+                host, port, 2, is_master=rank == 0, timeout=timedelta(seconds=connect)
+            )
+        except (RuntimeError, OSError) as e:  # DistNetworkError is a RuntimeError
+            raise ConnectionError(
+                f"weight-sync rank {rank} could not reach the trainer's store at {host}:{port} "
+                f"within {connect:.0f}s (pipeline.connect_timeout_s): {e}"
+            ) from None
+        store.set_timeout(timeout)
     if backend == "gloo":
-        pg = dist.ProcessGroupGloo(store, rank, 2, timeout)
+        # Bind gloo to the address the peer reaches us at: its default device follows
+        # gethostname(), which resolves to loopback on many machines.
+        opts = dist.ProcessGroupGloo._Options()
+        opts._timeout = timeout
+        opts._devices = [gloo_device(host if rank == 0 else route_source(host))]
+        pg = dist.ProcessGroupGloo(store, rank, 2, opts)
     elif backend == "nccl":
         opts = dist.ProcessGroupNCCL.Options()
         opts._timeout = timeout
@@ -334,6 +358,7 @@ class WeightSyncExtension:
         timeout_s: float,
         session: str | None = None,
         new_group: bool = True,
+        connect_timeout_s: float | None = None,
     ) -> dict[str, float]:
         """Receive one update as rank 1 of the trainer's group and load it in place.
 
@@ -355,7 +380,9 @@ class WeightSyncExtension:
         if new_group or session is None or session not in sessions:
             if not new_group:
                 raise RuntimeError(f"unknown weight-sync session {session!r}: start a new group")
-            _, pg = make_group(backend, host, port, 1, timeout_s)
+            _, pg = make_group(
+                backend, host, port, 1, timeout_s, connect_timeout_s=connect_timeout_s
+            )
             sessions = {session: pg} if session else {}
             self._sampler_sessions = sessions
         else:

@@ -341,6 +341,13 @@ class PipelineConfig(BaseModel):
     )
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (null: all).")
     dist_timeout_s: float = Field(600, gt=0, description="Timeout of process-group operations.")
+    connect_timeout_s: float = Field(
+        120,
+        gt=0,
+        description="How long a role waits to reach another before failing with the role, "
+        "address and port it tried: trainer ranks dialling rank 0's process-group store, a "
+        "sampler dialling the trainer's weight-sync store.",
+    )
 
 
 class MlflowConfig(BaseModel):

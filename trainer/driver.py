@@ -36,6 +36,13 @@ def _sampler_args(config_file: Path, dtype: str, seed: int) -> list[str]:
     return ["--config", str(config_file), "--dtype", dtype, "--seed", str(seed)]
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Readers (operators, tests, `deploy.connect`) see the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
     ckpts = [
         p
@@ -67,6 +74,8 @@ class Run:
         self._owns_ray = False
         self._pending_push: asyncio.Task | None = None
         self.overlap_push = False  # decided in start_trainers (needs to know about GPUs)
+        # Where each role runs ({"sampler_replicas": [...], "trainer_ranks": [...]}).
+        self.placement: dict[str, list[dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------ preparation
     def prepare_model(self) -> str:
@@ -136,6 +145,10 @@ class Run:
         }
         if ray.cluster_resources().get(role):
             opts["resources"] = {role: 0.001}
+        if not gpus:
+            # CPU nodes: one node's cores are the resource, so spread a role's processes over its
+            # nodes (GPU roles are placed by their GPUs and pack onto nodes).
+            opts["scheduling_strategy"] = "SPREAD"
         return opts
 
     # ------------------------------------------------------------------ roles
@@ -180,7 +193,12 @@ class Run:
             for i in range(s.replicas)
         ]
         urls = ray.get([r.start.remote(s.startup_timeout_s) for r in self.replicas])
-        self._write_replicas(ray.get([r.info.remote() for r in self.replicas]))
+        infos = ray.get([r.info.remote() for r in self.replicas])
+        self._write_replicas(infos)
+        self.placement["sampler_replicas"] = [
+            {"index": i["index"], "node_ip": i["node_ip"], "url": i["url"]} for i in infos
+        ]
+        self._write_placement()
         for u in urls:
             log.info(
                 "sampler replica live at %s (OpenAI API: %s/v1; API key in %s)", u, u, key_file
@@ -195,8 +213,7 @@ class Run:
     def start_trainers(self, model_path: str, steps: int) -> None:
         import ray
 
-        from sampler.launch import free_port
-        from trainer.workers import TrainerWorker, node_ip
+        from trainer.workers import TrainerWorker
 
         p = self.cfg.pipeline
         gpus = p.trainer_gpus_per_worker if self._has_gpus() else 0
@@ -209,26 +226,29 @@ class Run:
         # "push": a second thread on which `finish_push` waits for a background weight push while
         # the default group (one thread, calls in order) trains.
         Actor = ray.remote(max_restarts=0, concurrency_groups={"push": 1})(TrainerWorker)
-        master_port = free_port()
-        master_addr = node_ip()
         self.workers = [
             Actor.options(**self._role_options("grpo_trainer", gpus)).remote(
                 r,
                 p.num_trainer_workers,
-                master_addr,
-                master_port,
                 model_path,
                 self.cfg.trainer.model_dump(),
                 self.cfg.model.model_dump(),
                 steps,
                 backend,
                 p.dist_timeout_s,
+                p.connect_timeout_s,
                 p.trainer_threads
                 or (None if gpus else max(1, (os.cpu_count() or 1) // p.num_trainer_workers)),
             )
             for r in range(p.num_trainer_workers)
         ]
-        ray.get([w.ready.remote() for w in self.workers])
+        # Rank 0 opens the group's store on its own node (the driver's node may not train at
+        # all); the others learn the address from it.
+        addr, port = ray.get(self.workers[0].rendezvous_endpoint.remote())
+        log.info("trainer group: %d ranks, rank 0 at %s:%d", p.num_trainer_workers, addr, port)
+        ray.get([w.join.remote(addr, port) for w in self.workers])
+        self.placement["trainer_ranks"] = ray.get([w.where.remote() for w in self.workers])
+        self._write_placement()
 
     def weight_transport(self) -> str:
         t = self.cfg.pipeline.weight_sync
@@ -398,6 +418,7 @@ class Run:
             cfg.pipeline.weight_sync_bucket_mb << 20,
             cfg.pipeline.dist_timeout_s,
             cfg.pipeline.weight_sync_dir or str(self.out / "weight_sync"),
+            cfg.pipeline.connect_timeout_s,
         )
 
         start_step, version, run_id = 0, 0, None
@@ -546,9 +567,13 @@ class Run:
         infos = await asyncio.gather(*[r.info.remote() for r in self.replicas])
         self._write_replicas([{**info, "version": version} for info in infos])
 
+    def _write_placement(self) -> None:
+        """Which node each role's process runs on (node addresses as Ray knows them)."""
+        _write_atomic(self.out / "placement.json", json.dumps(self.placement, indent=2))
+
     def _write_replicas(self, infos: list[dict]) -> None:
         """Where each replica lives now (URL, PID, restarts): for operators and the chaos test."""
-        (self.out / "replicas.json").write_text(json.dumps(infos, indent=2))
+        _write_atomic(self.out / "replicas.json", json.dumps(infos, indent=2))
 
     def _record_trained(self, step: int, batch: StepBatch) -> None:
         """Audit log: which prompts (and versions) each step trained on. Tests check it for exactness."""
@@ -558,6 +583,7 @@ class Run:
                 "step": step,
                 "prompt_ids": [g.prompt.id for g in batch.groups],
                 "versions": [g.policy_version for g in batch.groups],
+                "replicas": [g.replica for g in batch.groups],
             },
         )
 

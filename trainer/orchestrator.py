@@ -44,6 +44,7 @@ class Group:
     generate_s: float
     reward_s: float
     zero_std: bool = False  # every completion got the same reward: no learning signal
+    replica: str = ""  # URL of the sampler replica that generated it (provenance)
 
 
 @dataclass
@@ -237,6 +238,7 @@ class Orchestrator:
                 t1 - t0,
                 t2 - t1,
                 zero_std=len(scored) <= 1,
+                replica=res.replica,
             )
 
     async def _score(self, prompt: Prompt, res: Any) -> list[ScoredSample]:

@@ -48,66 +48,134 @@ def node_ip() -> str:
 
 
 class TrainerWorker:
-    """One trainer rank. Methods are collective: the driver calls them on every rank at once."""
+    """One trainer rank. Methods are collective: the driver calls them on every rank at once.
+
+    Start-up is two calls, so that rank 0 chooses the group's address on its own node: the driver
+    asks rank 0 for `rendezvous_endpoint()` (its store listens there), then calls `join(addr,
+    port)` on every rank, which forms the process group and builds the engine.
+    """
 
     def __init__(
         self,
         rank: int,
         world_size: int,
-        master_addr: str,
-        master_port: int,
         model_path: str,
         settings: dict,
         model_cfg: dict,
         total_steps: int,
         backend: str,
         timeout_s: float,
+        connect_timeout_s: float,
         threads: int | None = None,
     ):
-        for k in TORCH_ENV_VARS:
-            os.environ.pop(k, None)
-        os.environ.update(
-            RANK=str(rank),
-            LOCAL_RANK="0",
-            WORLD_SIZE=str(world_size),
-            LOCAL_WORLD_SIZE="1",
-            MASTER_ADDR=master_addr,
-            MASTER_PORT=str(master_port),
+        import threading
+
+        self.rank, self.world_size = rank, world_size
+        self.backend, self.timeout_s, self.connect_timeout_s = backend, timeout_s, connect_timeout_s
+        self._model = (model_path, settings, model_cfg, total_steps)
+        self.threads = threads
+        self.node_ip = node_ip()
+        self._store: Any = None
+        self.engine: Any = None
+        self.settings: Any = None
+        self.pad_token_id: int | None = None
+        self.pusher: Any = None
+        self.client: Any = None
+        self._loop = asyncio.new_event_loop()
+        # The background push (thread, result box) and the lock that makes its waiters (the
+        # driver's `finish_push`, the next `push_weights`) take turns.
+        self._push: tuple[Any, dict[str, Any]] | None = None
+        self._push_lock = threading.Lock()
+
+    def rendezvous_endpoint(self) -> tuple[str, int]:
+        """Rank 0: open the group's store on this node; the (address, port) other ranks dial."""
+        import datetime
+
+        import torch.distributed as dist
+
+        assert self.rank == 0, "only rank 0 hosts the trainer group's store"
+        self._store = dist.TCPStore(
+            self.node_ip,
+            0,
+            self.world_size,
+            is_master=True,
+            wait_for_workers=False,
+            timeout=datetime.timedelta(seconds=self.timeout_s),
         )
+        return self.node_ip, self._store.port
+
+    def _connect(self, addr: str, port: int) -> Any:
+        import datetime
+
+        import torch.distributed as dist
+
+        try:
+            store = dist.TCPStore(
+                addr,
+                port,
+                self.world_size,
+                is_master=False,
+                timeout=datetime.timedelta(seconds=self.connect_timeout_s),
+            )
+        except (RuntimeError, OSError) as e:  # DistNetworkError is a RuntimeError
+            raise ConnectionError(
+                f"trainer rank {self.rank} (node {self.node_ip}) could not reach trainer rank 0's "
+                f"process-group store at {addr}:{port} within {self.connect_timeout_s:.0f}s "
+                f"(pipeline.connect_timeout_s): {e}. The trainer nodes must reach each other "
+                "over TCP on any port (store, gloo/NCCL and Ray all pick free ports)."
+            ) from None
+        store.set_timeout(datetime.timedelta(seconds=self.timeout_s))
+        return store
+
+    def join(self, master_addr: str, master_port: int) -> int:
+        """Every rank: form the process group at rank 0's endpoint, then build the engine."""
         import datetime
 
         import torch
         import torch.distributed as dist
 
-        if (
-            threads
-        ):  # Ray sets OMP_NUM_THREADS from the actor's num_cpus (1); CPU training wants more
-            torch.set_num_threads(threads)
+        for k in TORCH_ENV_VARS:
+            os.environ.pop(k, None)
+        os.environ.update(
+            RANK=str(self.rank),
+            LOCAL_RANK="0",
+            WORLD_SIZE=str(self.world_size),
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+        )
+        if self.backend == "gloo" and not os.environ.get("GLOO_SOCKET_IFNAME"):
+            # gloo binds to what gethostname() resolves to (often loopback) unless told the
+            # interface; every group of this process (DeepSpeed's too) reads this variable.
+            from sampler.netaddr import interface_of
+
+            os.environ["GLOO_SOCKET_IFNAME"] = interface_of(self.node_ip)
+        # Ray sets OMP_NUM_THREADS from the actor's num_cpus; CPU training wants more.
+        if self.threads:
+            torch.set_num_threads(self.threads)
 
         from trainer.config import GRPOSettings, ModelConfig
         from trainer.engine import PolicyEngine
 
+        store = self._store if self.rank == 0 else self._connect(master_addr, master_port)
         if not dist.is_initialized():
             dist.init_process_group(
-                backend=backend,
-                rank=rank,
-                world_size=world_size,
-                timeout=datetime.timedelta(seconds=timeout_s),
+                backend=self.backend,
+                store=store,
+                rank=self.rank,
+                world_size=self.world_size,
+                timeout=datetime.timedelta(seconds=self.timeout_s),
             )
-        self.rank, self.world_size = rank, world_size
+        model_path, settings, model_cfg, total_steps = self._model
         self.settings = GRPOSettings.model_validate(settings)
         self.engine = PolicyEngine(
             model_path, self.settings, ModelConfig.model_validate(model_cfg), total_steps
         )
         self.pad_token_id = self.engine.tokenizer.pad_token_id
-        self.pusher = None
-        self._loop = asyncio.new_event_loop()
-        import threading
+        return self.rank
 
-        # The background push (thread, result box) and the lock that makes its waiters (the
-        # driver's `finish_push`, the next `push_weights`) take turns.
-        self._push: tuple[Any, dict[str, Any]] | None = None
-        self._push_lock = threading.Lock()
+    def where(self) -> dict[str, Any]:
+        return {"rank": self.rank, "node_ip": self.node_ip, "pid": os.getpid()}
 
     def ready(self) -> int:
         return self.rank
@@ -131,6 +199,7 @@ class TrainerWorker:
         bucket_bytes: int,
         timeout_s: float,
         shared_dir: str | None,
+        connect_timeout_s: float | None = None,
     ) -> None:
         if self.rank != 0:
             return
@@ -143,6 +212,7 @@ class TrainerWorker:
             bucket_bytes=bucket_bytes,
             timeout_s=timeout_s,
             shared_dir=shared_dir,
+            connect_timeout_s=connect_timeout_s,
         )
 
     def set_sampler_urls(self, urls: list[str]) -> None:
@@ -288,6 +358,7 @@ class SamplerReplica:
     def info(self) -> dict[str, Any]:
         return {
             "index": self.index,
+            "node_ip": node_ip(),
             "url": self.url,
             "pid": self.pid(),
             "alive": self.alive(),

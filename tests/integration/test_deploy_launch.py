@@ -1,10 +1,10 @@
-"""Multi-node simulation of the AML job on one machine: three `python -m deploy.launch` processes with
-AML-like variables (node ranks 0-2, MASTER_ADDR=127.0.0.1), 1 sampler + 2 trainer nodes, a real Ray
-cluster (three raylets, token auth) and a real driver command."""
+"""The launcher's own logic on one machine: three `python -m deploy.launch` processes with AML-like
+variables (node ranks 0-2, MASTER_ADDR=127.0.0.1), 1 sampler + 2 trainer nodes, a real Ray cluster
+(three raylets, token auth) and stand-in driver commands (environment scrubbing, roles, exit codes).
+Every node shares 127.0.0.1 here, so nothing address-related is tested: that is test_twin_job.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -170,23 +170,4 @@ def test_killing_the_driver_makes_every_node_exit_nonzero():
         shutil.rmtree(pid_file.parent, ignore_errors=True)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_three_node_launch_runs_the_real_pipeline(tmp_path):
-    """The job's real command on 3 simulated nodes (1 sampler + 2 trainer): the launcher's default
-    driver (`python -m trainer`) trains the tiny pipeline on the Ray cluster, and all three exit 0."""
-    out = tmp_path / "run"
-    cluster = Cluster([], launcher_args=[
-        "--config", str(REPO / "configs" / "local.yaml"), "--output-dir", str(out),
-        "--set", "trainer.max_steps=3", "--set", "trainer.eval_steps=null", "--set", "mlflow.log_model=false",
-    ])  # fmt: skip
-    try:
-        codes = cluster.wait(540)
-        log = cluster.output()
-        assert codes == [0, 0, 0], log
-        metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        assert [m["step"] for m in metrics] == [1, 2, 3]
-        assert metrics[-1]["policy/version"] == 3.0
-        assert (out / "final_model" / "model.safetensors").is_file()
-    finally:
-        cluster.close()
+# The real pipeline across nodes runs in test_twin_job.py, where every node has its own address.
