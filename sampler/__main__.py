@@ -12,24 +12,15 @@ Keys may also come from SAMPLER_API_KEY / SAMPLER_ADMIN_KEY (keeps them out of `
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import sys
 from pathlib import Path
 
 from sampler.config import SamplerConfig
+from sampler.netaddr import is_loopback
 
 log = logging.getLogger("sampler")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_config(path: str | None) -> SamplerConfig:

@@ -123,6 +123,11 @@ def start_sampler(
     environment (default: `child_env()`, CPU settings for tests); keys are added to it.
     `log_path` (appended to) or `log_dir` (a file per port) must be given.
     """
+    published = advertise or host
+    if published in ("0.0.0.0", "::", ""):
+        raise ValueError(
+            f"start_sampler(host={host!r}) needs advertise=: the address others reach it at"
+        )
     port = port or free_port(host)
     child = dict(env) if env is not None else child_env()
     if api_key:
@@ -156,6 +161,6 @@ def start_sampler(
             start_new_session=True,
             preexec_fn=_die_with_parent if die_with_parent else None,
         )
-    url = f"http://{advertise or host}:{port}"
+    url = f"http://{published}:{port}"
     sp = SamplerProcess(url=url, proc=proc, log_path=log_path, args=args)
     return sp.wait_healthy(timeout_s) if wait else sp

@@ -121,7 +121,7 @@ class TrainerWorker:
             raise ConnectionError(
                 f"trainer rank {self.rank} (node {self.node_ip}) could not reach trainer rank 0's "
                 f"process-group store at {addr}:{port} within {self.connect_timeout_s:.0f}s "
-                f"(pipeline.connect_timeout_s): {e}. The trainer nodes must reach each other "
+                f"(pipeline.connect_timeout_s): {str(e).rstrip('.')}. The trainer nodes must reach each other "
                 "over TCP on any port (store, gloo/NCCL and Ray all pick free ports)."
             ) from None
         store.set_timeout(datetime.timedelta(seconds=self.timeout_s))
@@ -328,9 +328,16 @@ class SamplerReplica:
     def start(self, timeout_s: float = 600.0) -> str:
         """(Re)start the server and return its URL once /health says it is ready."""
         from sampler.launch import start_sampler
+        from sampler.netaddr import is_loopback
 
         self.stop()
-        loopback = self.host in ("127.0.0.1", "localhost")
+        loopback = is_loopback(self.host)
+        advertise = "127.0.0.1" if loopback else node_ip()
+        if not loopback and is_loopback(advertise):
+            raise RuntimeError(
+                f"sampler replica {self.index} binds {self.host} but this node's address is "
+                f"{advertise}: it would publish a URL no other node can reach (is Ray running here?)"
+            )
         env = {k: v for k, v in os.environ.items() if k not in TORCH_ENV_VARS}
         env.update({"OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"), **self.env})
         self.restarts += 1
@@ -338,7 +345,7 @@ class SamplerReplica:
             self.model_path,
             log_path=self.log_dir / f"sampler-{self.index}.log",
             host=self.host,
-            advertise="127.0.0.1" if loopback else node_ip(),
+            advertise=advertise,
             api_key=self.api_key,
             admin_key=self.admin_key,
             extra_args=self.args,

@@ -84,3 +84,22 @@ def test_unreachable_store_fails_in_bounded_time_naming_address_and_port(twin2):
         in (r.stdout)
     )
     assert "pipeline.connect_timeout_s" in r.stdout
+
+
+def test_trainer_rank_that_cannot_reach_rank_0_fails_naming_it(twin2):
+    """A trainer rank on node 1 dials a rank-0 store nobody opened on node 0: a bounded wait and
+    an error with the rank, the address and port, and the setting to raise."""
+    code = textwrap.dedent(f"""
+        from trainer.workers import TrainerWorker
+        w = TrainerWorker(1, 2, "unused", {{}}, {{}}, 1, "gloo", 600, 3)
+        try:
+            w.join({twin2.ips[0]!r}, 29998)
+        except ConnectionError as e:
+            print("ERR", e)
+    """)
+    r = twin2.run(1, [sys.executable, "-c", code], timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (
+        f"ERR trainer rank 1 (node {twin2.ips[1]}) could not reach trainer rank 0's process-group "
+        f"store at {twin2.ips[0]}:29998 within 3s (pipeline.connect_timeout_s)"
+    ) in r.stdout, r.stdout
