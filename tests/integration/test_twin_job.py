@@ -49,6 +49,19 @@ def twin3():
         yield twin
 
 
+def _start(twin: Twin, sampler_nodes: int, trainer_nodes: int, *sets: str) -> TwinJob:
+    job = TwinJob(
+        twin,
+        sampler_nodes=sampler_nodes,
+        trainer_nodes=trainer_nodes,
+        config=CONFIG,
+        overrides=[*BASE_SETS, *sets],
+        machine_flags=MACHINE_FLAGS,
+    )
+    job.start()
+    return job
+
+
 def _wait_for(path: Path, job: TwinJob, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not path.is_file():
@@ -102,15 +115,7 @@ def _curl(twin: Twin, node: int, url: str, key: str | None, body: dict) -> tuple
 def test_one_sampler_node_two_trainer_nodes_cross_node_zero_and_push(twin4):
     """Topology 1: node 0 samples, nodes 1-2 train (one rank each: the ZeRO group and the weight
     push cross nodes); node 3 is a person's machine asking the live sampler over the network."""
-    job = TwinJob(
-        twin4,
-        sampler_nodes=1,
-        trainer_nodes=2,
-        config=CONFIG,
-        overrides=[*BASE_SETS, "pipeline.num_trainer_workers=2", "trainer.max_steps=12"],
-        machine_flags=MACHINE_FLAGS,
-    )
-    job.start()
+    job = _start(twin4, 1, 2, "pipeline.num_trainer_workers=2", "trainer.max_steps=12")
     _wait_for(job.out / "replicas.json", job, 420)
     replicas = json.loads((job.out / "replicas.json").read_text())
     url = replicas[0]["url"]
@@ -147,15 +152,7 @@ def test_one_sampler_node_two_trainer_nodes_cross_node_zero_and_push(twin4):
 def test_two_sampler_nodes_one_trainer_node_generation_spread_and_pushed(twin3):
     """Topology 2: nodes 0-1 sample (one replica each), node 2 trains; generation uses both
     replicas and every weight push reaches both."""
-    job = TwinJob(
-        twin3,
-        sampler_nodes=2,
-        trainer_nodes=1,
-        config=CONFIG,
-        overrides=[*BASE_SETS, "sampler.replicas=2", "trainer.max_steps=6"],
-        machine_flags=MACHINE_FLAGS,
-    )
-    job.start()
+    job = _start(twin3, 2, 1, "sampler.replicas=2", "trainer.max_steps=6")
     codes = job.wait(840)
     log = job.output()
     assert codes == [0, 0, 0], log
@@ -186,15 +183,7 @@ def test_two_sampler_nodes_one_trainer_node_generation_spread_and_pushed(twin3):
 def test_killing_the_trainer_node_launcher_takes_the_whole_job_down(twin3):
     """Topology 3: SIGKILL the trainer node's launcher mid-run: every node exits non-zero within a
     bounded time and no process of the run is left in any namespace."""
-    job = TwinJob(
-        twin3,
-        sampler_nodes=1,
-        trainer_nodes=2,
-        config=CONFIG,
-        overrides=[*BASE_SETS, "pipeline.num_trainer_workers=2", "trainer.max_steps=400"],
-        machine_flags=MACHINE_FLAGS,
-    )
-    job.start()
+    job = _start(twin3, 1, 2, "pipeline.num_trainer_workers=2", "trainer.max_steps=400")
     deadline = time.monotonic() + 480
     while not _metrics(job):
         assert all(p.poll() is None for p in job.procs), job.output()
