@@ -75,8 +75,6 @@ class SamplerService:
         self.tokenizer = engine.get_tokenizer()
         self.version = initial_version
         self.instance_id = uuid.uuid4().hex
-        # Receivers of a weight push: vLLM runs one worker per TP x PP rank.
-        self.workers: int = int(engine.vllm_config.parallel_config.world_size)
         self.updating = False
         self.broken: str | None = None
         self.metrics = metrics or SamplerMetrics()
@@ -356,7 +354,6 @@ class SamplerService:
             "port": req.master_port,
             "timeout_s": timeout,
             "connect_timeout_s": req.connect_timeout_s or timeout,
-            "max_buffers": self.cfg.weight_sync_buffers,
             "session": req.session,
             "new_group": req.new_group,
         }

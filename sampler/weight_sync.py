@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,12 +32,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     import torch
 
-from sampler.receive_buffers import DEFAULT_MAX_BUFFERS, ReceiveBuffers
-
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-_LAYER_RE = re.compile(r"^(.*?\.layers\.\d+)\.")
 ALIGN = 64  # byte alignment of every tensor inside a bucket (any dtype can view it)
 # Tensors below this size travel packed together (one broadcast per bucket): each broadcast
 # costs a round trip, which for a norm weight or a bias is most of its time (measured ~0.3 ms
@@ -103,70 +99,32 @@ def align_up(n: int, align: int = ALIGN) -> int:
     return (n + align - 1) // align * align
 
 
-def layer_key(name: str) -> str:
-    """The module a checkpoint tensor belongs to for loading: `model.layers.3.mlp.up_proj.weight`
-    -> `model.layers.3`; tensors outside the repeated layers are their own group."""
-    m = _LAYER_RE.match(name)
-    return m.group(1) if m else name
-
-
-def _runs(items: Iterable[_T], group: Callable[[_T], str] | None) -> Iterator[list[_T]]:
-    """Consecutive items that share a group key (each item alone without `group`)."""
-    run: list[_T] = []
-    key: str | None = None
-    for item in items:
-        k = group(item) if group else None
-        if run and (group is None or k != key):
-            yield run
-            run = []
-        run.append(item)
-        key = k
-    if run:
-        yield run
-
-
 def iter_buckets(
-    items: Iterable[_T],
-    nbytes: Callable[[_T], int],
-    bucket_bytes: int,
-    group: Callable[[_T], str] | None = None,
+    items: Iterable[_T], nbytes: Callable[[_T], int], bucket_bytes: int
 ) -> Iterator[list[_T]]:
     """Group items (in order) lazily into buckets whose aligned layout fits `bucket_bytes`.
 
-    With `group`, a run of items with one key (a layer, `layer_key`) is never split across
-    buckets unless the run alone exceeds `bucket_bytes`: vLLM's layerwise reload holds a layer's
-    tensors until the layer is complete, so a layer split across buckets keeps both alive and the
-    receiver needs a third buffer. An item larger than `bucket_bytes` gets a bucket of its own.
-    Lazy (one run of look-ahead), so the pusher can stream a ZeRO-3 gather without knowing the
-    tensor list; `plan_buckets` is the same rule on sizes.
+    An item larger than `bucket_bytes` gets a bucket of its own. Lazy, so the pusher can stream a
+    ZeRO-3 gather without knowing the tensor list; `plan_buckets` is the same rule on sizes.
     """
     if bucket_bytes <= 0:
         raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
     cur: list[_T] = []
     used = 0
-    for run in _runs(items, group):
-        sizes = [nbytes(x) for x in run]
-        run_len = sum(align_up(n) for n in sizes[:-1]) + sizes[-1]
-        if cur and run_len <= bucket_bytes and align_up(used) + run_len > bucket_bytes:
-            yield cur  # the whole run fits in a bucket of its own: start one
+    for item in items:
+        size = nbytes(item)
+        if cur and align_up(used) + size > bucket_bytes:
+            yield cur
             cur, used = [], 0
-        for item, size in zip(run, sizes, strict=True):
-            if cur and align_up(used) + size > bucket_bytes:
-                yield cur
-                cur, used = [], 0
-            cur.append(item)
-            used = align_up(used) + size
+        cur.append(item)
+        used = align_up(used) + size
     if cur:
         yield cur
 
 
-def plan_buckets(
-    sizes: Iterable[int], bucket_bytes: int, groups: Iterable[str] | None = None
-) -> list[list[int]]:
-    """Index lists of `iter_buckets` over tensor byte sizes (and group keys), for tests and planning."""
-    keys = list(groups) if groups is not None else None
-    group = (lambda p: keys[p[0]]) if keys is not None else None
-    pairs = iter_buckets(enumerate(sizes), lambda p: p[1], bucket_bytes, group)
+def plan_buckets(sizes: Iterable[int], bucket_bytes: int) -> list[list[int]]:
+    """Index lists of `iter_buckets` over tensor byte sizes (for tests and planning)."""
+    pairs = iter_buckets(enumerate(sizes), lambda p: p[1], bucket_bytes)
     return [[i for i, _ in bucket] for bucket in pairs]
 
 
@@ -209,8 +167,11 @@ def unpack(buf: torch.Tensor, metas: list[TensorMeta]) -> Iterator[tuple[str, to
 
 
 class BufferPool:
-    """The sender's packed regions by slot (bucket index mod 2), kept across updates (fresh big
-    buffers cost page faults). The receiver's bounded buffers are `ReceiveBuffers`."""
+    """One buffer per bucket position, kept across updates (fresh big buffers cost page faults).
+
+    Never hands the same buffer to two buckets within one update: vLLM may hold views of an
+    earlier bucket until its layer is loaded.
+    """
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
@@ -238,11 +199,8 @@ def make_group(
     timeout_s: float,
     store: Any = None,
     connect_timeout_s: float | None = None,
-    world_size: int = 2,
 ) -> tuple[Any, Any]:
-    """A standalone process group (not registered with torch.distributed's default world) of
-    the trainer (rank 0) and the `world_size - 1` vLLM workers of one replica (rank 1 + worker
-    rank: with tensor parallelism every TP worker receives, and vLLM's loader shards).
+    """A standalone 2-rank process group (not registered with torch.distributed's default world).
 
     Rank 0 (the trainer) hosts the TCPStore; pass its `store` when it already exists. Returns
     (store, group). Finite timeout everywhere: a vanished peer raises instead of hanging;
@@ -257,7 +215,7 @@ def make_group(
         connect = connect_timeout_s or timeout_s
         try:
             store = dist.TCPStore(
-                host, port, world_size, is_master=rank == 0, timeout=timedelta(seconds=connect)
+                host, port, 2, is_master=rank == 0, timeout=timedelta(seconds=connect)
             )
         except (RuntimeError, OSError) as e:  # DistNetworkError is a RuntimeError
             raise ConnectionError(
@@ -271,11 +229,11 @@ def make_group(
         opts = dist.ProcessGroupGloo._Options()
         opts._timeout = timeout
         opts._devices = [gloo_device(host if rank == 0 else route_source(host))]
-        pg = dist.ProcessGroupGloo(store, rank, world_size, opts)
+        pg = dist.ProcessGroupGloo(store, rank, 2, opts)
     elif backend == "nccl":
         opts = dist.ProcessGroupNCCL.Options()
         opts._timeout = timeout
-        pg = dist.ProcessGroupNCCL(store, rank, world_size, opts)
+        pg = dist.ProcessGroupNCCL(store, rank, 2, opts)
     else:
         raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
     return store, pg
@@ -293,7 +251,7 @@ def broadcast(pg: Any, tensor: torch.Tensor) -> Any:
 
 def receive_buckets(
     pg: Any,
-    pool: ReceiveBuffers,
+    pool: BufferPool,
     device: str,
     stats: dict[str, float],
     targets: dict[str, torch.Tensor] | None = None,
@@ -302,8 +260,7 @@ def receive_buckets(
     """Receiver side: yield (name, tensor view) bucket by bucket until the end marker.
 
     A background thread receives bucket k+1 while the caller (vLLM's loader) consumes bucket k,
-    so the network and the in-place load overlap; `pool` bounds how many buckets are held at once
-    (the thread waits for the loader to release one).
+    so the network and the in-place load overlap; each bucket has its own pooled buffer.
     A tensor with a matching entry in `targets` (a region of a model parameter, see
     `cpu_layout.load_and_map`) is received straight into it, added to `placed` and not yielded.
     """
@@ -314,8 +271,6 @@ def receive_buckets(
     import torch
 
     ready: queue.Queue = queue.Queue()
-    # Read at most max_buffers - 1 buckets ahead of the loader: one loads while one arrives.
-    ahead = threading.Semaphore(max(1, pool.max_buffers - 1))
     targets = targets or {}
     placed = placed if placed is not None else set()
 
@@ -329,10 +284,9 @@ def receive_buckets(
     def receive() -> None:
         t0 = time.perf_counter()
         try:
+            index = 0
             header = torch.zeros(2, dtype=torch.int64, device=device)
             while True:
-                # Bounded: a loader that stopped must not stall the sender (see ReceiveBuffers).
-                ahead.acquire(timeout=pool.wait_s)
                 broadcast(pg, header).wait()
                 meta_len, data_len = (int(x) for x in header.tolist())
                 if meta_len == 0:
@@ -341,7 +295,7 @@ def receive_buckets(
                 meta = torch.empty(meta_len, dtype=torch.uint8, device=device)
                 broadcast(pg, meta).wait()
                 metas = decode_meta(bytes(meta.cpu().numpy().tobytes()))
-                buf = pool.acquire(data_len)
+                buf = pool.get(index, data_len)
                 small = packed_len(metas)
                 works = [broadcast(pg, buf[:small])] if small else []
                 buffered = []
@@ -372,31 +326,21 @@ def receive_buckets(
                     stats.get("tensors_placed", 0) + len(metas) - len(buffered)
                 )
                 stats["receive_seconds"] = time.perf_counter() - t0
-                stats["receive_buffer_peak_bytes"] = float(pool.peak_bytes)
-                stats["receive_buffer_extra"] = float(pool.extra_allocations)
-                if device.startswith("cuda"):
-                    # The waits above order this thread's stream after NCCL's; the loader runs on
-                    # its own stream in another thread, so the data must have landed first.
-                    torch.cuda.current_stream(device).synchronize()
                 ready.put((buffered, buf))
-                buf = works = None  # hold no view of a handed-over bucket: it must be reusable
+                index += 1
         except BaseException as e:  # handed to the consumer, which raises it
             ready.put(e)
 
     thread = threading.Thread(target=receive, name="weight-receive", daemon=True)
     thread.start()
     while True:
-        pool.loader_starved.set()  # until the next bucket is here, the loader can free nothing
         item = ready.get()
-        pool.loader_starved.clear()
-        ahead.release()
         if item is None:
             break
         if isinstance(item, BaseException):
             raise RuntimeError(f"weight transfer failed: {item}") from item
         metas, buf = item
         yield from unpack(buf, metas)
-        item = buf = None  # release the bucket to `pool` as soon as the loader drops its views
     thread.join()
 
 
@@ -415,9 +359,8 @@ class WeightSyncExtension:
         session: str | None = None,
         new_group: bool = True,
         connect_timeout_s: float | None = None,
-        max_buffers: int = DEFAULT_MAX_BUFFERS,
     ) -> dict[str, float]:
-        """Receive one update as rank 1 + this worker's rank of the trainer's group; load it.
+        """Receive one update as rank 1 of the trainer's group and load it in place.
 
         With `new_group` (or no session) join a fresh group; else reuse the group of `session`.
         Only the newest session is kept, and a group that saw an error is dropped, so a
@@ -430,23 +373,15 @@ class WeightSyncExtension:
         t0 = time.perf_counter()
         device = "cpu" if backend == "gloo" else f"cuda:{torch.cuda.current_device()}"
         pool = getattr(self, "_sampler_buffer_pool", None)
-        if pool is None or pool.device != device or pool.max_buffers != max_buffers:
-            pool = ReceiveBuffers(device, max_buffers)
+        if pool is None or pool.device != device:
+            pool = BufferPool(device)
             self._sampler_buffer_pool = pool
-        pool.start_update()
         sessions: dict[str, Any] = getattr(self, "_sampler_sessions", {})
         if new_group or session is None or session not in sessions:
             if not new_group:
                 raise RuntimeError(f"unknown weight-sync session {session!r}: start a new group")
-            # Every worker of the replica (TP x PP) is a receiver, at rank 1 + its worker rank.
             _, pg = make_group(
-                backend,
-                host,
-                port,
-                1 + self.rank,
-                timeout_s,
-                connect_timeout_s=connect_timeout_s,
-                world_size=1 + self.parallel_config.world_size,
+                backend, host, port, 1, timeout_s, connect_timeout_s=connect_timeout_s
             )
             sessions = {session: pg} if session else {}
             self._sampler_sessions = sessions
