@@ -180,7 +180,7 @@ class DistWeightPusher(WeightPusher):
             failed[u] = f"could not join its weight-sync group: {err}"
 
         await asyncio.gather(*(join(u) for u in plan if plan[u][2]))
-        send_stats = await asyncio.to_thread(self._send_all, named_tensors, groups, failed)
+        send_stats = await asyncio.to_thread(self._send_all, named_tensors, groups, failed, http)
         replica: dict[str, float] = {}  # slowest replica's value of each timing it reports
         for u, task in http.items():
             try:
@@ -211,8 +211,13 @@ class DistWeightPusher(WeightPusher):
         named_tensors: Iterable[tuple[str, torch.Tensor]],
         groups: dict[str, Any],
         failed: dict[str, str],
+        requests: dict[str, Any] | None = None,
     ) -> dict[str, float]:
         """Group tensors lazily into buckets and broadcast each bucket to every live group.
+
+        `requests`: each replica's admin update request; one that ends before the broadcast does
+        (its server died, or it refused) fails that replica at once instead of after the group
+        timeout (a killed server's engine process can keep its end of the group open).
 
         Large tensors are sent from their own storage (one broadcast each, no copy here); small
         ones are copied into one packed region per bucket. The receiver lays them out at the
@@ -248,6 +253,11 @@ class DistWeightPusher(WeightPusher):
             for u, works in issued:
                 try:
                     for w in works:
+                        request = (requests or {}).get(u)
+                        while request is not None and not w.is_completed():
+                            if request.done():
+                                raise RuntimeError("its update request ended mid-broadcast")
+                            time.sleep(0.001)
                         w.wait()
                 except Exception as e:  # a dead replica must not stop the others
                     failed[u] = f"broadcast failed: {e}"
