@@ -251,9 +251,9 @@ class DistWeightPusher(WeightPusher):
             t = time.perf_counter()
             issued, _keepalive = pending.pop(0)
             for u, works in issued:
+                request = (requests or {}).get(u)
                 try:
                     for w in works:
-                        request = (requests or {}).get(u)
                         while request is not None and not w.is_completed():
                             if request.done():
                                 raise RuntimeError("its update request ended mid-broadcast")

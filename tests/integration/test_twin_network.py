@@ -68,38 +68,47 @@ def test_weight_sync_group_crosses_nodes(twin2):
     assert "GOT [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]" in log1.read_text()
 
 
+def _run_expecting_error(twin: Twin, code: str) -> str:
+    """Run `code` on node 1; it prints `ERR <message>` for the error it expects."""
+    r = twin.run(1, [sys.executable, "-c", textwrap.dedent(code)], timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "ERR " in r.stdout, r.stdout
+    return r.stdout
+
+
 def test_unreachable_store_fails_in_bounded_time_naming_address_and_port(twin2):
     """Nothing listens on node 0: rank 1 gives up after its connect timeout and says where it dialled."""
-    code = textwrap.dedent(f"""
+    out = _run_expecting_error(
+        twin2,
+        f"""
         from sampler.weight_sync import make_group
         try:
             make_group("gloo", {twin2.ips[0]!r}, 29999, 1, 600, connect_timeout_s=3)
         except ConnectionError as e:
             print("ERR", e)
-    """)
-    r = twin2.run(1, [sys.executable, "-c", code], timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert (
-        f"ERR weight-sync rank 1 could not reach the trainer's store at {twin2.ips[0]}:29999"
-        in (r.stdout)
+        """,
     )
-    assert "pipeline.connect_timeout_s" in r.stdout
+    assert (
+        f"ERR weight-sync rank 1 could not reach the trainer's store at {twin2.ips[0]}:29999" in out
+    )
+    assert "pipeline.connect_timeout_s" in out
 
 
 def test_trainer_rank_that_cannot_reach_rank_0_fails_naming_it(twin2):
     """A trainer rank on node 1 dials a rank-0 store nobody opened on node 0: a bounded wait and
     an error with the rank, the address and port, and the setting to raise."""
-    code = textwrap.dedent(f"""
+    out = _run_expecting_error(
+        twin2,
+        f"""
         from trainer.workers import TrainerWorker
         w = TrainerWorker(1, 2, "unused", {{}}, {{}}, 1, "gloo", 600, 3)
         try:
             w.join({twin2.ips[0]!r}, 29998)
         except ConnectionError as e:
             print("ERR", e)
-    """)
-    r = twin2.run(1, [sys.executable, "-c", code], timeout=120)
-    assert r.returncode == 0, r.stderr
+        """,
+    )
     assert (
         f"ERR trainer rank 1 (node {twin2.ips[1]}) could not reach trainer rank 0's process-group "
         f"store at {twin2.ips[0]}:29998 within 3s (pipeline.connect_timeout_s)"
-    ) in r.stdout, r.stdout
+    ) in out, out
