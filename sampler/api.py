@@ -237,6 +237,7 @@ def build_app(
             model=s.model_name,
             updating=s.updating,
             instance_id=s.instance_id,
+            workers=s.workers,
         )
         response = versioned(body.model_dump(), s.version)
         if s.broken:  # alive, but must not get generation traffic until a full push

@@ -18,17 +18,47 @@ CPU_DEFAULT_KV_CACHE_BYTES = 256 << 20
 WORKER_EXTENSION = "sampler.weight_sync.WeightSyncExtension"
 
 
-def cuda_available() -> bool:
+def on_gpu() -> bool:
+    """Whether vLLM will run this replica on a GPU, decided without touching CUDA.
+
+    `torch.cuda.is_available()` before vLLM is imported initialises CUDA (vLLM sets
+    PYTORCH_NVML_BASED_CUDA_CHECK=1 only on import), and vLLM then forks its engine core from a
+    poisoned process: "Cannot re-initialize CUDA in forked subprocess". A CPU build of torch has
+    no CUDA to ask; otherwise vLLM's own platform detection (NVML) answers.
+    """
     import torch
 
-    return torch.cuda.is_available()
+    if torch.version.cuda is None and torch.version.hip is None:
+        return False
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cuda_alike()
 
 
-def set_cpu_env() -> None:
+def cpu_threads_bind(tensor_parallel_size: int, cores: list[int]) -> str:
+    """`VLLM_CPU_OMP_THREADS_BIND` for `tensor_parallel_size` CPU workers: the allowed cores
+    split into contiguous groups, one per worker ("0|1" for 2 workers on 2 cores). vLLM's own
+    default ("auto") wants one NUMA node per worker, which one-socket machines do not have."""
+    if len(cores) < tensor_parallel_size:
+        raise ValueError(
+            f"sampler.tensor_parallel_size {tensor_parallel_size} needs at least that many CPU "
+            f"cores on CPU, this process may use {len(cores)}: lower it, or set "
+            "VLLM_CPU_OMP_THREADS_BIND yourself"
+        )
+    cores = sorted(cores)
+    per = len(cores) // tensor_parallel_size
+    groups = [cores[i * per : (i + 1) * per] for i in range(tensor_parallel_size)]
+    return "|".join(",".join(str(c) for c in g) for g in groups)
+
+
+def set_cpu_env(tensor_parallel_size: int = 1) -> None:
     """Environment vLLM needs on CPU (must be set before vLLM is imported); keeps user overrides."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if tensor_parallel_size > 1 and not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+        cores = sorted(os.sched_getaffinity(0))
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind(tensor_parallel_size, cores)
 
 
 def engine_kwargs(model: str | Path, cfg: SamplerConfig, *, on_gpu: bool) -> dict[str, Any]:
@@ -63,19 +93,19 @@ def build_engine(model: str | Path, cfg: SamplerConfig) -> Any:
         raise FileNotFoundError(
             f"--model {model}: not a model folder (expected config.json inside)"
         )
-    on_gpu = cuda_available()
-    if not on_gpu:
-        set_cpu_env()
+    gpu = on_gpu()
+    if not gpu:
+        set_cpu_env(cfg.tensor_parallel_size)
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    args = AsyncEngineArgs(**engine_kwargs(model, cfg, on_gpu=on_gpu))
+    args = AsyncEngineArgs(**engine_kwargs(model, cfg, on_gpu=gpu))
     return AsyncLLM.from_engine_args(args)
 
 
 async def prepare_engine(engine: Any, cfg: SamplerConfig) -> None:
     """One-time set-up after the engine loaded the model: the CPU weight layout."""
-    if not cuda_available():
+    if not on_gpu():
         await engine.collective_rpc(
             "sampler_set_cpu_layout", kwargs={"layout": cfg.cpu_weight_layout}
         )

@@ -170,6 +170,12 @@ class HealthResponse(BaseModel):
     instance_id: str = Field(
         description="Random per server process: changes when a replica restarts."
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="vLLM workers of this replica (tensor x pipeline parallel): each one is a "
+        "receiver of the trainer's weight-sync group.",
+    )
 
 
 def error_body(message: str, *, type_: str, param: str | None = None, code: int) -> dict:

@@ -75,6 +75,8 @@ class SamplerService:
         self.tokenizer = engine.get_tokenizer()
         self.version = initial_version
         self.instance_id = uuid.uuid4().hex
+        # Receivers of a weight push: vLLM runs one worker per TP x PP rank.
+        self.workers: int = int(engine.vllm_config.parallel_config.world_size)
         self.updating = False
         self.broken: str | None = None
         self.metrics = metrics or SamplerMetrics()

@@ -131,6 +131,7 @@ class DistWeightPusher(WeightPusher):
             *(self.client._health(u, accept_needs_weights=True) for u in urls)
         )
         plan: dict[str, tuple[str, Any, bool]] = {}  # url -> (session, store, new group?)
+        worlds: dict[str, int] = {}  # url -> group size (trainer + the replica's workers)
         for u, h in zip(urls, healths, strict=True):
             if h is None:
                 failed[u] = "not healthy (no answer on /health)"
@@ -142,8 +143,10 @@ class DistWeightPusher(WeightPusher):
                 groups[u] = old[3]
             else:
                 self._sessions.pop(u, None)
-                store = dist.TCPStore(addrs[u], 0, 2, is_master=True, wait_for_workers=False)
+                world = 1 + int(h.get("workers", 1))
+                store = dist.TCPStore(addrs[u], 0, world, is_master=True, wait_for_workers=False)
                 plan[u] = (uuid.uuid4().hex, store, True)
+                worlds[u] = world
         http = {
             u: asyncio.create_task(
                 self.client.admin_post(
@@ -168,7 +171,16 @@ class DistWeightPusher(WeightPusher):
         async def join(u: str) -> None:
             store = plan[u][1]
             grp = asyncio.ensure_future(
-                asyncio.to_thread(make_group, self.backend, addrs[u], 0, 0, self.timeout_s, store)
+                asyncio.to_thread(
+                    make_group,
+                    self.backend,
+                    addrs[u],
+                    0,
+                    0,
+                    self.timeout_s,
+                    store,
+                    world_size=worlds[u],
+                )
             )
             done, _ = await asyncio.wait({grp, http[u]}, return_when=asyncio.FIRST_COMPLETED)
             if grp in done and grp.exception() is None:
@@ -177,7 +189,7 @@ class DistWeightPusher(WeightPusher):
             # The replica refused before joining (auth, version conflict...), or the rendezvous
             # timed out; the abandoned rendezvous thread ends at its own timeout.
             err = http[u].exception() if http[u].done() else grp.exception()
-            failed[u] = f"could not join its weight-sync group: {err}"
+            failed[u] = f"could not join its weight-sync group: {type(err).__name__}: {err}"
 
         await asyncio.gather(*(join(u) for u in plan if plan[u][2]))
         send_stats = await asyncio.to_thread(self._send_all, named_tensors, groups, failed, http)
@@ -188,7 +200,8 @@ class DistWeightPusher(WeightPusher):
                 for k, v in {"update_seconds": body["seconds"], **body["stats"]}.items():
                     replica[k] = max(replica.get(k, 0.0), float(v))
             except Exception as e:
-                failed.setdefault(u, str(e))
+                # Timeouts have empty messages: the type is the information.
+                failed.setdefault(u, f"{type(e).__name__}: {e}".rstrip(": "))
             if u in failed:  # a group that saw an error is never reused
                 self._sessions.pop(u, None)
             else:

@@ -199,8 +199,11 @@ def make_group(
     timeout_s: float,
     store: Any = None,
     connect_timeout_s: float | None = None,
+    world_size: int = 2,
 ) -> tuple[Any, Any]:
-    """A standalone 2-rank process group (not registered with torch.distributed's default world).
+    """A standalone process group (not registered with torch.distributed's default world) of
+    the trainer (rank 0) and the `world_size - 1` vLLM workers of one replica (rank 1 + worker
+    rank: with tensor parallelism every TP worker receives, and vLLM's loader shards).
 
     Rank 0 (the trainer) hosts the TCPStore; pass its `store` when it already exists. Returns
     (store, group). Finite timeout everywhere: a vanished peer raises instead of hanging;
@@ -215,7 +218,7 @@ def make_group(
         connect = connect_timeout_s or timeout_s
         try:
             store = dist.TCPStore(
-                host, port, 2, is_master=rank == 0, timeout=timedelta(seconds=connect)
+                host, port, world_size, is_master=rank == 0, timeout=timedelta(seconds=connect)
             )
         except (RuntimeError, OSError) as e:  # DistNetworkError is a RuntimeError
             raise ConnectionError(
@@ -229,11 +232,11 @@ def make_group(
         opts = dist.ProcessGroupGloo._Options()
         opts._timeout = timeout
         opts._devices = [gloo_device(host if rank == 0 else route_source(host))]
-        pg = dist.ProcessGroupGloo(store, rank, 2, opts)
+        pg = dist.ProcessGroupGloo(store, rank, world_size, opts)
     elif backend == "nccl":
         opts = dist.ProcessGroupNCCL.Options()
         opts._timeout = timeout
-        pg = dist.ProcessGroupNCCL(store, rank, 2, opts)
+        pg = dist.ProcessGroupNCCL(store, rank, world_size, opts)
     else:
         raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
     return store, pg
@@ -360,7 +363,7 @@ class WeightSyncExtension:
         new_group: bool = True,
         connect_timeout_s: float | None = None,
     ) -> dict[str, float]:
-        """Receive one update as rank 1 of the trainer's group and load it in place.
+        """Receive one update as rank 1 + this worker's rank of the trainer's group; load it.
 
         With `new_group` (or no session) join a fresh group; else reuse the group of `session`.
         Only the newest session is kept, and a group that saw an error is dropped, so a
@@ -380,8 +383,15 @@ class WeightSyncExtension:
         if new_group or session is None or session not in sessions:
             if not new_group:
                 raise RuntimeError(f"unknown weight-sync session {session!r}: start a new group")
+            # Every worker of the replica (TP x PP) is a receiver, at rank 1 + its worker rank.
             _, pg = make_group(
-                backend, host, port, 1, timeout_s, connect_timeout_s=connect_timeout_s
+                backend,
+                host,
+                port,
+                1 + self.rank,
+                timeout_s,
+                connect_timeout_s=connect_timeout_s,
+                world_size=1 + self.parallel_config.world_size,
             )
             sessions = {session: pg} if session else {}
             self._sampler_sessions = sessions

@@ -1,5 +1,6 @@
-"""DeepSpeed ZeRO-2 and ZeRO-3 on 2 trainer processes against a real sampler: parameters change,
-and the sampler's greedy output after the last push equals transformers' output of the trained weights."""
+"""DeepSpeed ZeRO-2 and ZeRO-3 on 2 trainer processes against a real sampler (also one with
+tensor parallelism 2): parameters change, and the sampler's greedy output after the last push
+equals transformers' output of the trained weights."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_two_rank_zero_training_reaches_the_sampler(tmp_path, stage):
+# (ZeRO stage, sampler tensor-parallel size): TP 2 makes both vLLM workers receivers of each push.
+@pytest.mark.parametrize("stage,tp", [(2, 1), (3, 1), (2, 2)], ids=["zero2", "zero3", "zero2-tp2"])
+def test_two_rank_zero_training_reaches_the_sampler(tmp_path, stage, tp):
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -28,6 +30,7 @@ def test_two_rank_zero_training_reaches_the_sampler(tmp_path, stage):
         {
             "trainer.output_dir": str(out),
             "trainer.zero_stage": stage,
+            "sampler.tensor_parallel_size": tp,
             "pipeline.num_trainer_workers": 2,
             "trainer.per_device_train_batch_size": 16,
             "trainer.max_steps": 2,

@@ -236,3 +236,13 @@ def test_load_and_map_finds_where_unchanged_tensors_land():
     targets["norm"].fill_(7.0)
     assert torch.equal(m.qk[0:2], new_q) and torch.equal(m.qk[2:6], k.t())
     assert torch.equal(m.norm, torch.full((4,), 7.0))
+
+
+def test_cpu_threads_bind_splits_the_allowed_cores_per_tp_worker():
+    from sampler.engine import cpu_threads_bind
+
+    assert cpu_threads_bind(2, [0, 1]) == "0|1"
+    assert cpu_threads_bind(2, [7, 4, 5, 6]) == "4,5|6,7"
+    assert cpu_threads_bind(1, [0, 1, 2]) == "0,1,2"
+    with pytest.raises(ValueError, match="sampler.tensor_parallel_size 4 needs at least"):
+        cpu_threads_bind(4, [0, 1])

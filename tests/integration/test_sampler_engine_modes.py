@@ -1,0 +1,88 @@
+"""Weight updates in the engine shapes GPUs run, on CPU: vLLM's multiprocess engine
+(`VLLM_ENABLE_V1_MULTIPROCESSING=1`, the GPU default) and tensor parallelism 2 (two vLLM workers
+per replica, each a receiver of the trainer's group). After each push (gloo, then filesystem) the
+replica's greedy tokens and logprobs must equal transformers' on the new weights, float32.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from test_sampler_server import (  # noqa: F401  (fixtures)
+    ADMIN_KEY,
+    API_KEY,
+    PROMPTS,
+    _assert_matches,
+    _hf_state,
+    hf_reference,
+    models,
+)
+
+pytestmark = pytest.mark.slow
+
+# (name, tensor_parallel_size, cpu layout): all on the multiprocess engine.
+SHAPES = [("mp-tp1", 1, "packed"), ("mp-tp2", 2, "packed"), ("mp-tp2-plain", 2, "plain")]
+
+
+@pytest.fixture(scope="module", params=SHAPES, ids=[s[0] for s in SHAPES])
+def shaped_server(request, models, tmp_path_factory):  # noqa: F811
+    from sampler.launch import child_env, start_sampler
+
+    name, tp, layout = request.param
+    logs = tmp_path_factory.mktemp(f"logs-{name}")
+    cfg = logs / "run.yaml"
+    cfg.write_text(
+        f"sampler:\n  dtype: float32\n  tensor_parallel_size: {tp}\n"
+        f"  cpu_weight_layout: {layout}\n  kv_cache_memory_bytes: 33554432\n"
+    )
+    sp = start_sampler(
+        models[0],
+        log_dir=logs,
+        api_key=API_KEY,
+        admin_key=ADMIN_KEY,
+        extra_args=["--config", str(cfg)],
+        env=child_env({"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}),
+        timeout_s=600,
+    )
+    yield request.param, sp
+    sp.stop()
+
+
+def test_weight_updates_in_gpu_engine_shapes_match_transformers(
+    shaped_server,
+    models,  # noqa: F811
+    hf_reference,  # noqa: F811
+    tmp_path,
+):
+    from sampler.client import SamplerClient, SamplingSpec, make_weight_pusher
+
+    (_, tp, _), server = shaped_server
+
+    async def run():
+        c = SamplerClient([server.url], api_key=API_KEY, admin_key=ADMIN_KEY)
+        health = await c._health(server.url)
+        assert health["workers"] == tp  # every TP worker is a receiver
+        spec = SamplingSpec(max_tokens=8, temperature=0)
+        v0 = (await c.versions())[server.url]
+        _assert_matches(await c.generate(PROMPTS, 1, spec), hf_reference, 0, 8)
+
+        gloo = make_weight_pusher("gloo", c, bucket_bytes=256 << 10, timeout_s=60)
+        for i, which in enumerate((1, 0)):  # a second push reuses the kept group
+            stats = await gloo.push(iter(_hf_state(models[which]).items()), version=v0 + 1 + i)
+            assert stats["replicas_ok"] == 1, stats
+            res = await c.generate(PROMPTS, 1, spec)
+            assert {g.policy_version for g in res} == {v0 + 1 + i}
+            _assert_matches(res, hf_reference, which, 8)
+
+        fs = make_weight_pusher(
+            "filesystem", c, bucket_bytes=256 << 10, timeout_s=60, shared_dir=str(tmp_path)
+        )
+        await fs.push(iter(_hf_state(models[1]).items()), version=v0 + 3)
+        res = await c.generate(PROMPTS, 1, spec)
+        assert {g.policy_version for g in res} == {v0 + 3}
+        _assert_matches(res, hf_reference, 1, 8)
+        await gloo.aclose()
+        await c.aclose()
+
+    asyncio.run(run())
