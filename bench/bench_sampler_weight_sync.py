@@ -212,6 +212,12 @@ def main() -> int:
             f"worker receive+load {work_s * 1e3:.1f} ms)"
         )
         print(f"[{layout}] last replica stats: {gloo[-1]}")
+        peak = max(s.get("replica_receive_buffer_peak_bytes", 0.0) for s in gloo)
+        print(
+            f"[{layout}] receiver peak extra bytes: {peak / 1e6:.1f} MB = {peak / max(sizes):.2f} "
+            f"x the largest bucket ({max(sizes) / 1e6:.1f} MB; goal <= 2), "
+            f"{peak / nbytes:.2f} x the model"
+        )
         print(f"[{layout}] filesystem push (e2e):     {fs_s * 1e3:8.1f} ms  {gb / fs_s:6.2f} GB/s")
         print(
             f"[{layout}] ratio gloo-push bytes/s / raw bytes/s: {raw_s / gloo_s:.3f} (goal >= 0.8); "

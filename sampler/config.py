@@ -108,6 +108,13 @@ class SamplerConfig(BaseModel):
         "ordinary tensors and updates land directly in them (~10x cheaper updates, generation "
         "~8-18% slower). On a CPU-bound box the pipeline is faster packed (docs/benchmarks.md).",
     )
+    weight_sync_buffers: int = Field(
+        2,
+        ge=2,
+        description="Receive buffers of one bucket each that a worker holds at most during a "
+        "weight update (one being loaded, one being received): the receiver's extra memory is "
+        "this times pipeline.weight_sync_bucket_mb.",
+    )
     weight_update_timeout_s: float = Field(
         300,
         gt=0,

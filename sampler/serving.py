@@ -356,6 +356,7 @@ class SamplerService:
             "port": req.master_port,
             "timeout_s": timeout,
             "connect_timeout_s": req.connect_timeout_s or timeout,
+            "max_buffers": self.cfg.weight_sync_buffers,
             "session": req.session,
             "new_group": req.new_group,
         }

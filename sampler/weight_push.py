@@ -245,6 +245,7 @@ class DistWeightPusher(WeightPusher):
             dtype_name,
             encode_meta,
             iter_buckets,
+            layer_key,
             layout_bucket,
             packed_len,
         )
@@ -319,7 +320,10 @@ class DistWeightPusher(WeightPusher):
                 stats["tensors"] += 1
                 yield name, t.contiguous()
 
-        for entries in iter_buckets(prepared(), lambda e: nbytes(e[1]), self.bucket_bytes):
+        # Whole layers per bucket: the receiver then holds two buckets at most.
+        for entries in iter_buckets(
+            prepared(), lambda e: nbytes(e[1]), self.bucket_bytes, group=lambda e: layer_key(e[0])
+        ):
             flush(entries)
         send([torch.zeros(2, dtype=torch.int64, device=dev)])
         while pending:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,9 +33,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     import torch
 
+from sampler.receive_buffers import DEFAULT_MAX_BUFFERS, ReceiveBuffers
+
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
+_LAYER_RE = re.compile(r"^(.*?\.layers\.\d+)\.")
 ALIGN = 64  # byte alignment of every tensor inside a bucket (any dtype can view it)
 # Tensors below this size travel packed together (one broadcast per bucket): each broadcast
 # costs a round trip, which for a norm weight or a bias is most of its time (measured ~0.3 ms
@@ -99,32 +103,70 @@ def align_up(n: int, align: int = ALIGN) -> int:
     return (n + align - 1) // align * align
 
 
+def layer_key(name: str) -> str:
+    """The module a checkpoint tensor belongs to for loading: `model.layers.3.mlp.up_proj.weight`
+    -> `model.layers.3`; tensors outside the repeated layers are their own group."""
+    m = _LAYER_RE.match(name)
+    return m.group(1) if m else name
+
+
+def _runs(items: Iterable[_T], group: Callable[[_T], str] | None) -> Iterator[list[_T]]:
+    """Consecutive items that share a group key (each item alone without `group`)."""
+    run: list[_T] = []
+    key: str | None = None
+    for item in items:
+        k = group(item) if group else None
+        if run and (group is None or k != key):
+            yield run
+            run = []
+        run.append(item)
+        key = k
+    if run:
+        yield run
+
+
 def iter_buckets(
-    items: Iterable[_T], nbytes: Callable[[_T], int], bucket_bytes: int
+    items: Iterable[_T],
+    nbytes: Callable[[_T], int],
+    bucket_bytes: int,
+    group: Callable[[_T], str] | None = None,
 ) -> Iterator[list[_T]]:
     """Group items (in order) lazily into buckets whose aligned layout fits `bucket_bytes`.
 
-    An item larger than `bucket_bytes` gets a bucket of its own. Lazy, so the pusher can stream a
-    ZeRO-3 gather without knowing the tensor list; `plan_buckets` is the same rule on sizes.
+    With `group`, a run of items with one key (a layer, `layer_key`) is never split across
+    buckets unless the run alone exceeds `bucket_bytes`: vLLM's layerwise reload holds a layer's
+    tensors until the layer is complete, so a layer split across buckets keeps both alive and the
+    receiver needs a third buffer. An item larger than `bucket_bytes` gets a bucket of its own.
+    Lazy (one run of look-ahead), so the pusher can stream a ZeRO-3 gather without knowing the
+    tensor list; `plan_buckets` is the same rule on sizes.
     """
     if bucket_bytes <= 0:
         raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
     cur: list[_T] = []
     used = 0
-    for item in items:
-        size = nbytes(item)
-        if cur and align_up(used) + size > bucket_bytes:
-            yield cur
+    for run in _runs(items, group):
+        sizes = [nbytes(x) for x in run]
+        run_len = sum(align_up(n) for n in sizes[:-1]) + sizes[-1]
+        if cur and run_len <= bucket_bytes and align_up(used) + run_len > bucket_bytes:
+            yield cur  # the whole run fits in a bucket of its own: start one
             cur, used = [], 0
-        cur.append(item)
-        used = align_up(used) + size
+        for item, size in zip(run, sizes, strict=True):
+            if cur and align_up(used) + size > bucket_bytes:
+                yield cur
+                cur, used = [], 0
+            cur.append(item)
+            used = align_up(used) + size
     if cur:
         yield cur
 
 
-def plan_buckets(sizes: Iterable[int], bucket_bytes: int) -> list[list[int]]:
-    """Index lists of `iter_buckets` over tensor byte sizes (for tests and planning)."""
-    pairs = iter_buckets(enumerate(sizes), lambda p: p[1], bucket_bytes)
+def plan_buckets(
+    sizes: Iterable[int], bucket_bytes: int, groups: Iterable[str] | None = None
+) -> list[list[int]]:
+    """Index lists of `iter_buckets` over tensor byte sizes (and group keys), for tests and planning."""
+    keys = list(groups) if groups is not None else None
+    group = (lambda p: keys[p[0]]) if keys is not None else None
+    pairs = iter_buckets(enumerate(sizes), lambda p: p[1], bucket_bytes, group)
     return [[i for i, _ in bucket] for bucket in pairs]
 
 
@@ -167,11 +209,8 @@ def unpack(buf: torch.Tensor, metas: list[TensorMeta]) -> Iterator[tuple[str, to
 
 
 class BufferPool:
-    """One buffer per bucket position, kept across updates (fresh big buffers cost page faults).
-
-    Never hands the same buffer to two buckets within one update: vLLM may hold views of an
-    earlier bucket until its layer is loaded.
-    """
+    """The sender's packed regions by slot (bucket index mod 2), kept across updates (fresh big
+    buffers cost page faults). The receiver's bounded buffers are `ReceiveBuffers`."""
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
@@ -254,7 +293,7 @@ def broadcast(pg: Any, tensor: torch.Tensor) -> Any:
 
 def receive_buckets(
     pg: Any,
-    pool: BufferPool,
+    pool: ReceiveBuffers,
     device: str,
     stats: dict[str, float],
     targets: dict[str, torch.Tensor] | None = None,
@@ -263,7 +302,8 @@ def receive_buckets(
     """Receiver side: yield (name, tensor view) bucket by bucket until the end marker.
 
     A background thread receives bucket k+1 while the caller (vLLM's loader) consumes bucket k,
-    so the network and the in-place load overlap; each bucket has its own pooled buffer.
+    so the network and the in-place load overlap; `pool` bounds how many buckets are held at once
+    (the thread waits for the loader to release one).
     A tensor with a matching entry in `targets` (a region of a model parameter, see
     `cpu_layout.load_and_map`) is received straight into it, added to `placed` and not yielded.
     """
@@ -274,6 +314,8 @@ def receive_buckets(
     import torch
 
     ready: queue.Queue = queue.Queue()
+    # Read at most max_buffers - 1 buckets ahead of the loader: one loads while one arrives.
+    ahead = threading.Semaphore(max(1, pool.max_buffers - 1))
     targets = targets or {}
     placed = placed if placed is not None else set()
 
@@ -287,9 +329,9 @@ def receive_buckets(
     def receive() -> None:
         t0 = time.perf_counter()
         try:
-            index = 0
             header = torch.zeros(2, dtype=torch.int64, device=device)
             while True:
+                ahead.acquire()
                 broadcast(pg, header).wait()
                 meta_len, data_len = (int(x) for x in header.tolist())
                 if meta_len == 0:
@@ -298,7 +340,7 @@ def receive_buckets(
                 meta = torch.empty(meta_len, dtype=torch.uint8, device=device)
                 broadcast(pg, meta).wait()
                 metas = decode_meta(bytes(meta.cpu().numpy().tobytes()))
-                buf = pool.get(index, data_len)
+                buf = pool.acquire(data_len)
                 small = packed_len(metas)
                 works = [broadcast(pg, buf[:small])] if small else []
                 buffered = []
@@ -329,21 +371,31 @@ def receive_buckets(
                     stats.get("tensors_placed", 0) + len(metas) - len(buffered)
                 )
                 stats["receive_seconds"] = time.perf_counter() - t0
+                stats["receive_buffer_peak_bytes"] = float(pool.peak_bytes)
+                stats["receive_buffer_extra"] = float(pool.extra_allocations)
+                if device.startswith("cuda"):
+                    # The waits above order this thread's stream after NCCL's; the loader runs on
+                    # its own stream in another thread, so the data must have landed first.
+                    torch.cuda.current_stream(device).synchronize()
                 ready.put((buffered, buf))
-                index += 1
+                buf = works = None  # hold no view of a handed-over bucket: it must be reusable
         except BaseException as e:  # handed to the consumer, which raises it
             ready.put(e)
 
     thread = threading.Thread(target=receive, name="weight-receive", daemon=True)
     thread.start()
     while True:
+        pool.loader_starved.set()  # until the next bucket is here, the loader can free nothing
         item = ready.get()
+        pool.loader_starved.clear()
+        ahead.release()
         if item is None:
             break
         if isinstance(item, BaseException):
             raise RuntimeError(f"weight transfer failed: {item}") from item
         metas, buf = item
         yield from unpack(buf, metas)
+        item = buf = None  # release the bucket to `pool` as soon as the loader drops its views
     thread.join()
 
 
@@ -362,6 +414,7 @@ class WeightSyncExtension:
         session: str | None = None,
         new_group: bool = True,
         connect_timeout_s: float | None = None,
+        max_buffers: int = DEFAULT_MAX_BUFFERS,
     ) -> dict[str, float]:
         """Receive one update as rank 1 + this worker's rank of the trainer's group; load it.
 
@@ -376,9 +429,10 @@ class WeightSyncExtension:
         t0 = time.perf_counter()
         device = "cpu" if backend == "gloo" else f"cuda:{torch.cuda.current_device()}"
         pool = getattr(self, "_sampler_buffer_pool", None)
-        if pool is None or pool.device != device:
-            pool = BufferPool(device)
+        if pool is None or pool.device != device or pool.max_buffers != max_buffers:
+            pool = ReceiveBuffers(device, max_buffers)
             self._sampler_buffer_pool = pool
+        pool.start_update()
         sessions: dict[str, Any] = getattr(self, "_sampler_sessions", {})
         if new_group or session is None or session not in sessions:
             if not new_group:

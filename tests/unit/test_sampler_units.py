@@ -12,6 +12,7 @@ from sampler.client import split_evenly
 from sampler.weight_sync import (
     ALIGN,
     BufferPool,
+    ReceiveBuffers,
     TensorMeta,
     align_up,
     decode_meta,
@@ -19,6 +20,20 @@ from sampler.weight_sync import (
     plan_buckets,
     unpack,
 )
+
+
+def test_buckets_keep_a_layer_whole_unless_it_alone_is_too_big():
+    from sampler.weight_sync import layer_key
+
+    names = ["embed", "model.layers.0.q", "model.layers.0.k", "model.layers.1.q", "lm_head"]
+    keys = [layer_key(n) for n in names]
+    assert keys[1] == keys[2] == "model.layers.0" and keys[3] == "model.layers.1"
+    # Layer 0 (2 x 40 B) would fit after `embed` only split: it starts a bucket of its own.
+    assert plan_buckets([40, 40, 40, 40, 40], 128, keys) == [[0], [1, 2], [3, 4]]
+    # A layer larger than a bucket is split by tensor, as without groups.
+    big = ["a", "model.layers.0.x", "model.layers.0.y", "model.layers.0.z"]
+    keys = [layer_key(n) for n in big]
+    assert plan_buckets([40, 40, 40, 40], 128, keys) == plan_buckets([40, 40, 40, 40], 128)
 
 
 def test_align_and_plan_buckets():
@@ -108,7 +123,9 @@ def test_gloo_transfer_between_two_ranks_is_exact():
     def receiver():
         try:
             _, pg = make_group("gloo", "127.0.0.1", port, 1, 30)
-            for name, t in receive_buckets(pg, BufferPool(), "cpu", stats_rx, targets, placed):
+            for name, t in receive_buckets(
+                pg, ReceiveBuffers("cpu"), "cpu", stats_rx, targets, placed
+            ):
                 received[name] = t.clone()
         except BaseException as e:  # surfaced by the assert below
             errors.append(e)
