@@ -39,6 +39,21 @@ INSTANCE_GPUS: dict[str, int] = {
     "standard_nc24ads_a100_v4": 1,
 }
 
+# GPU memory (GiB) of one GPU of those sizes (Azure VM docs): the weight-receive check below.
+INSTANCE_GPU_MEMORY_GIB: dict[str, int] = {
+    "standard_nd96isr_h100_v5": 80,
+    "standard_nd96isr_h200_v5": 141,
+    "standard_nd96asr_v4": 40,
+    "standard_nd96amsr_a100_v4": 80,
+    "standard_nc80adis_h100_v5": 94,
+    "standard_nc40ads_h100_v5": 94,
+    "standard_nc96ads_a100_v4": 80,
+    "standard_nc48ads_a100_v4": 80,
+    "standard_nc24ads_a100_v4": 80,
+}
+# Beside vLLM's share: CUDA context, NCCL's own buffers, allocator slack (measured elsewhere as 1-2 GiB).
+SAMPLER_GPU_HEADROOM_GIB = 2.0
+
 # NCCL over InfiniBand on ND H100 v5 (8x H100, 8x 400 Gb/s NDR, eth0 for TCP bootstrap).
 NCCL_ENV: dict[str, str] = {
     "NCCL_DEBUG": "WARN",
@@ -210,6 +225,26 @@ def check_options(opts: JobOptions) -> list[str]:
             "a role has 0 GPUs per node: that role runs on CPU (a smoke test, not a training run)"
         )
     return warnings
+
+
+def check_receive_memory(opts: JobOptions, cfg: Any) -> None:
+    """A sampler GPU must fit the weight-receive buffers beside vLLM's share of its memory."""
+    if opts.compute and not opts.instance_type:
+        return  # a cluster's VM size is not known here
+    mem = INSTANCE_GPU_MEMORY_GIB.get((opts.instance_type or DEFAULT_INSTANCE_TYPE).lower())
+    s, p = cfg.sampler, cfg.pipeline
+    if mem is None or opts.sampler_gpus_per_node == 0 or p.weight_sync == "filesystem":
+        return
+    left = (1 - s.gpu_memory_utilization) * mem
+    need = s.weight_sync_buffers * p.weight_sync_bucket_mb / 1024 + SAMPLER_GPU_HEADROOM_GIB
+    if need > left:
+        raise JobSpecError(
+            f"sampler.gpu_memory_utilization {s.gpu_memory_utilization} leaves {left:.1f} GiB of "
+            f"a {mem} GiB GPU, but receiving weights needs {need:.1f} GiB "
+            f"(sampler.weight_sync_buffers {s.weight_sync_buffers} x pipeline.weight_sync_bucket_mb "
+            f"{p.weight_sync_bucket_mb} + {SAMPLER_GPU_HEADROOM_GIB:.0f} GiB for CUDA/NCCL): lower "
+            "sampler.gpu_memory_utilization or pipeline.weight_sync_bucket_mb"
+        )
 
 
 def launcher_command(opts: JobOptions, *, has_model: bool, has_data: bool) -> str:

@@ -21,7 +21,14 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python deploy/submit.py`: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deploy.jobspec import DEFAULT_SHM_SIZE, JobOptions, JobSpecError, check_options, is_remote
+from deploy.jobspec import (
+    DEFAULT_SHM_SIZE,
+    JobOptions,
+    JobSpecError,
+    check_options,
+    check_receive_memory,
+    is_remote,
+)
 
 EXIT_USAGE = 2
 
@@ -233,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             warnings = check_options(opts) + check_run_config(opts.layout, cfg)
+            check_receive_memory(opts, cfg)
         except LayoutError as e:
             raise JobSpecError(str(e)) from None
         for w in warnings:

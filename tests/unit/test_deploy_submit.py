@@ -183,6 +183,21 @@ def test_bad_flags_exit_2_with_a_clear_message(files, capsys, extra, match):
     assert match in capsys.readouterr().err
 
 
+def test_sampler_gpu_without_room_for_the_weight_receive_buffers_is_refused(files, capsys):
+    """0.97 of an 80 GiB H100 leaves 2.4 GiB: 2 receive buffers x 1 GiB + 2 GiB of CUDA/NCCL do
+    not fit. The error names both settings, before anything is submitted."""
+    cfg = yaml.safe_load(Path(files["config"]).read_text())
+    cfg["sampler"]["gpu_memory_utilization"] = 0.97
+    Path(files["config"]).write_text(yaml.safe_dump(cfg))
+    rc, _, err = _dry_run(files, capsys=capsys)
+    assert rc == 2
+    assert "sampler.gpu_memory_utilization 0.97 leaves 2.4 GiB of a 80 GiB GPU" in err
+    assert "pipeline.weight_sync_bucket_mb" in err
+    cfg["pipeline"]["weight_sync_bucket_mb"] = 128  # smaller buckets fit
+    Path(files["config"]).write_text(yaml.safe_dump(cfg))
+    assert _dry_run(files, capsys=capsys)[0] == 0
+
+
 def test_bad_inputs_exit_2(files, capsys, tmp_path):
     base = ["--config", files["config"], "--trainer-nodes", "2", "--dry-run"]
     assert submit.main([*base, "--ssh-public-key", str(tmp_path / "nope.pub")]) == 2
