@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_MAX_BUFFERS = 2
+# Longest the receive thread waits for the loader before it reads on into an extra buffer: a
+# loader that stopped (its engine is shutting down) must not stall the trainer's broadcast, which
+# would hold every replica's push up to the group timeout.
+DEFAULT_WAIT_S = 5.0
 
 
 def _use_count(t: torch.Tensor) -> int:
@@ -37,11 +41,14 @@ def _use_count(t: torch.Tensor) -> int:
 class ReceiveBuffers:
     """`max_buffers` kept receive buffers, reused once released; extras only while all are held."""
 
-    def __init__(self, device: str, max_buffers: int = DEFAULT_MAX_BUFFERS) -> None:
+    def __init__(
+        self, device: str, max_buffers: int = DEFAULT_MAX_BUFFERS, wait_s: float = DEFAULT_WAIT_S
+    ) -> None:
         if max_buffers < 1:
             raise ValueError(f"max_buffers must be >= 1, got {max_buffers}")
         self.device = device
         self.max_buffers = max_buffers
+        self.wait_s = wait_s
         self._kept: list[tuple[torch.Tensor, int]] = []  # (buffer, its use count when idle)
         self._extra: list[tuple[torch.Tensor, int]] = []
         self.peak_bytes = 0
@@ -72,9 +79,12 @@ class ReceiveBuffers:
 
     def acquire(self, nbytes: int) -> torch.Tensor:
         """A `nbytes` view of a buffer that no one else holds; waits for the loader to release
-        a kept one while it still has work, an extra buffer once it waits for this bucket."""
+        a kept one while it still has work (at most `wait_s`), an extra buffer once it waits for
+        this bucket or the wait is over."""
+        deadline = time.monotonic() + self.wait_s
         while True:
-            buf = self._try_acquire(nbytes, allow_extra=self.loader_starved.is_set())
+            late = time.monotonic() > deadline
+            buf = self._try_acquire(nbytes, allow_extra=late or self.loader_starved.is_set())
             if buf is not None:
                 return buf
             time.sleep(0.0005)  # the loader (another thread) drops its views as layers complete

@@ -331,7 +331,8 @@ def receive_buckets(
         try:
             header = torch.zeros(2, dtype=torch.int64, device=device)
             while True:
-                ahead.acquire()
+                # Bounded: a loader that stopped must not stall the sender (see ReceiveBuffers).
+                ahead.acquire(timeout=pool.wait_s)
                 broadcast(pg, header).wait()
                 meta_len, data_len = (int(x) for x in header.tolist())
                 if meta_len == 0:

@@ -15,6 +15,7 @@ from test_sampler_server import (  # noqa: F401  (fixtures)
     PROMPTS,
     _assert_matches,
     _hf_state,
+    _push_and_check,
     hf_reference,
     models,
 )
@@ -91,10 +92,7 @@ def test_weight_updates_in_gpu_engine_shapes_match_transformers(
         fs = make_weight_pusher(
             "filesystem", c, bucket_bytes=256 << 10, timeout_s=60, shared_dir=str(tmp_path)
         )
-        await fs.push(iter(_hf_state(models[1]).items()), version=v0 + 3)
-        res = await c.generate(PROMPTS, 1, spec)
-        assert {g.policy_version for g in res} == {v0 + 3}
-        _assert_matches(res, hf_reference, 1, 8)
+        await _push_and_check(c, fs, models, 1, v0 + 3, hf_reference)
         await gloo.aclose()
         await c.aclose()
 

@@ -112,6 +112,17 @@ def _assert_matches(results, ref, which, steps):
         assert c.logprobs == pytest.approx(lps, abs=1e-4)
 
 
+async def _push_and_check(client, pusher, models, which, version, ref, steps=8) -> dict:
+    """Push model `which` as `version`; the replica then serves it exactly (greedy, logprobs)."""
+    from sampler.client import SamplingSpec
+
+    stats = await pusher.push(iter(_hf_state(models[which]).items()), version=version)
+    res = await client.generate(PROMPTS, 1, SamplingSpec(max_tokens=steps, temperature=0))
+    assert {g.policy_version for g in res} == {version}
+    _assert_matches(res, ref, which, steps)
+    return stats
+
+
 # ---------------------------------------------------------------------------- OpenAI client
 def test_openai_client_completions_chat_and_streams(server):
     import openai
@@ -279,19 +290,13 @@ def test_weight_updates_both_transports_match_transformers(
         _assert_matches(await c.generate(PROMPTS, 1, spec), hf_reference, 0, 8)
 
         gloo = make_weight_pusher("gloo", c, bucket_bytes=256 << 10, timeout_s=60)
-        stats = await gloo.push(iter(_hf_state(models[1]).items()), version=v0 + 1)
+        stats = await _push_and_check(c, gloo, models, 1, v0 + 1, hf_reference)
         assert stats["replicas_ok"] == 1 and stats["buckets"] > 1
-        res = await c.generate(PROMPTS, 1, spec)
-        assert {g.policy_version for g in res} == {v0 + 1}
-        _assert_matches(res, hf_reference, 1, 8)
 
         fs = make_weight_pusher(
             "filesystem", c, bucket_bytes=256 << 10, timeout_s=60, shared_dir=str(tmp_path)
         )
-        await fs.push(iter(_hf_state(models[0]).items()), version=v0 + 2)
-        res = await c.generate(PROMPTS, 1, spec)
-        assert {g.policy_version for g in res} == {v0 + 2}
-        _assert_matches(res, hf_reference, 0, 8)
+        await _push_and_check(c, fs, models, 0, v0 + 2, hf_reference)
 
         metrics = httpx.get(
             server.url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}

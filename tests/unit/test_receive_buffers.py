@@ -30,7 +30,7 @@ def test_reuses_a_released_buffer_and_keeps_the_bound():
 
 
 def test_waits_for_a_release_while_the_loader_works_extra_only_when_it_starves():
-    pool = ReceiveBuffers("cpu", max_buffers=2)
+    pool = ReceiveBuffers("cpu", max_buffers=2, wait_s=600)
     held = [pool.acquire(10)[2:4], pool.acquire(10)[2:4]]  # the loader holds both buckets
     got: list[torch.Tensor] = []
     t = threading.Thread(target=lambda: got.append(pool.acquire(10)))
@@ -48,3 +48,11 @@ def test_waits_for_a_release_while_the_loader_works_extra_only_when_it_starves()
     del extra, held, again
     pool.start_update()
     assert pool.total_bytes == 20 and pool.extra_allocations == 0  # the extra is freed
+
+
+def test_a_loader_that_stopped_does_not_stall_the_receiver_past_its_wait():
+    pool = ReceiveBuffers("cpu", max_buffers=2, wait_s=0.05)
+    held = [pool.acquire(10)[2:4], pool.acquire(10)[2:4]]  # never released
+    extra = pool.acquire(10)  # after wait_s: reads on into an extra buffer
+    assert pool.extra_allocations == 1 and extra.numel() == 10
+    del held
