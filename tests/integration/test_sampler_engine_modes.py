@@ -1,7 +1,12 @@
-"""Weight updates in the engine shapes GPUs run, on CPU: vLLM's multiprocess engine
-(`VLLM_ENABLE_V1_MULTIPROCESSING=1`, the GPU default) and tensor parallelism 2 (two vLLM workers
-per replica, each a receiver of the trainer's group). After each push (gloo, then filesystem) the
-replica's greedy tokens and logprobs must equal transformers' on the new weights, float32.
+"""Weight updates in the engine shapes GPUs run, on CPU: vLLM's multiprocess engine core and
+tensor parallelism 2 (two vLLM workers per replica, each a receiver of the trainer's group).
+After each push (gloo twice, then filesystem) the replica's greedy tokens and logprobs must equal
+transformers' on the new weights, float32.
+
+`AsyncLLM` in vLLM 0.32 always runs its engine core in a process of its own (core_client refuses
+asyncio without multiprocessing), so every sampler test runs that mode; these set
+`VLLM_ENABLE_V1_MULTIPROCESSING=1` as a GPU node has it and add what the others lack: TP 2 on
+both CPU layouts, and bounded receive memory.
 """
 
 from __future__ import annotations
