@@ -32,6 +32,8 @@ from sampler.protocol import (
     GroupedRequest,
     GroupedResponse,
     HealthResponse,
+    LogprobsRequest,
+    LogprobsResponse,
     PathUpdateRequest,
     UpdateResponse,
     error_body,
@@ -46,6 +48,7 @@ _ROUTES = {
     "/v1/completions",
     "/v1/chat/completions",
     "/generate",
+    "/logprobs",
     "/admin/weights/gloo",
     "/admin/weights/path",
 }
@@ -289,6 +292,11 @@ def build_app(
     @app.post("/generate", response_model=GroupedResponse, dependencies=[Depends(need_api_key)])
     async def generate(req: GroupedRequest, request: Request) -> Any:
         out = await svc(request).generate_grouped(req)
+        return versioned(out.model_dump(), out.policy_version)
+
+    @app.post("/logprobs", response_model=LogprobsResponse, dependencies=[Depends(need_api_key)])
+    async def logprobs(req: LogprobsRequest, request: Request) -> Any:
+        out = await svc(request).score(req)
         return versioned(out.model_dump(), out.policy_version)
 
     @app.post(

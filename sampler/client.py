@@ -218,6 +218,19 @@ class SamplerClient:
             u: s["policy_version"] for u, s in zip(self.urls, states, strict=True) if s is not None
         }
 
+    async def logprobs(self, url: str, token_ids: list[int], timeout_s: float = 60.0) -> dict:
+        """One replica's `/logprobs` body for `token_ids` (logprobs, policy_version, dtype)."""
+        r = await self._http.post(
+            f"{url}/logprobs",
+            json={"token_ids": token_ids},
+            headers=self._headers(),
+            timeout=timeout_s,
+        )
+        if r.status_code != 200:
+            err = SamplerRequestError if 400 <= r.status_code < 500 else SamplerUnavailable
+            raise err(f"{url}/logprobs: HTTP {r.status_code}: {r.text[:500]}")
+        return r.json()
+
     async def admin_post(self, url: str, path: str, body: dict, timeout_s: float) -> dict:
         r = await self._http.post(
             f"{url}{path}", json=body, headers=self._headers(admin=True), timeout=timeout_s

@@ -106,6 +106,10 @@ def build_engine(model: str | Path, cfg: SamplerConfig) -> Any:
 async def prepare_engine(engine: Any, cfg: SamplerConfig) -> None:
     """One-time set-up after the engine loaded the model: the CPU weight layout."""
     if not on_gpu():
-        await engine.collective_rpc(
-            "sampler_set_cpu_layout", kwargs={"layout": cfg.cpu_weight_layout}
+        from sampler.weight_sync import raise_rpc_errors
+
+        raise_rpc_errors(
+            await engine.collective_rpc(
+                "sampler_set_cpu_layout", kwargs={"layout": cfg.cpu_weight_layout}
+            )
         )

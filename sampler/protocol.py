@@ -119,6 +119,23 @@ class ChatRequest(SamplingFields):
         return self.max_completion_tokens or self.max_tokens
 
 
+class LogprobsRequest(_Strict):
+    """Score a token sequence: the logprob of each token given the ones before it."""
+
+    token_ids: list[int] = Field(
+        ..., min_length=2, description="Token ids; the first one is context only."
+    )
+
+
+class LogprobsResponse(BaseModel):
+    logprobs: list[float] = Field(
+        description="logprob of token_ids[i] given token_ids[:i], for i = 1 .. len-1 (raw model "
+        "logprobs: no temperature or other sampling processing)."
+    )
+    policy_version: int
+    dtype: str = Field(description="The engine's model dtype, e.g. 'bfloat16'.")
+
+
 # ---------------------------------------------------------------- admin
 class GlooUpdateRequest(_Strict):
     """Join the trainer's process group and receive one bucketed update."""

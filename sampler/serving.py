@@ -32,10 +32,13 @@ from sampler.protocol import (
     GroupedCompletion,
     GroupedRequest,
     GroupedResponse,
+    LogprobsRequest,
+    LogprobsResponse,
     PathUpdateRequest,
     SamplingFields,
     UpdateResponse,
 )
+from sampler.weight_sync import raise_rpc_errors
 
 log = logging.getLogger(__name__)
 MAX_RERUNS = 3
@@ -291,6 +294,32 @@ class SamplerService:
         )
         return GroupedResponse(groups=groups, policy_version=version)
 
+    # ------------------------------------------------------------------ scoring route
+    async def score(self, req: LogprobsRequest) -> LogprobsResponse:
+        """Raw prompt logprobs of a token sequence, labelled with the version that computed them
+        (the trainer's weight probe compares them with its own)."""
+        self.check_prompt(req.token_ids, 1, "token_ids")
+        from vllm import SamplingParams
+
+        # prompt_logprobs=0: each position's own token only; max_tokens=1 is vLLM's minimum.
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        t0 = time.perf_counter()
+
+        async def work() -> Any:
+            return await self._run(req.token_ids, params)
+
+        out, version = await self.run_admitted(work)
+        if out.prompt_logprobs is None:
+            raise RuntimeError("engine returned no prompt logprobs although they were requested")
+        # position 0 has no context (None); position i holds {token_ids[i]: Logprob, ...}
+        lps = [
+            float(pos[tok].logprob)
+            for tok, pos in zip(req.token_ids[1:], out.prompt_logprobs[1:], strict=True)
+        ]
+        self.metrics.observe_request("logprobs", time.perf_counter() - t0, len(req.token_ids), 0)
+        dtype = str(self.engine.model_config.dtype).removeprefix("torch.")
+        return LogprobsResponse(logprobs=lps, policy_version=version, dtype=dtype)
+
     # ------------------------------------------------------------------ OpenAI helpers
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text))
@@ -402,7 +431,7 @@ class SamplerService:
                 if paused:
                     await self.engine.pause_generation(mode="wait", clear_cache=True)
                 try:
-                    results = await load()
+                    results = raise_rpc_errors(await load())
                 except Exception as e:
                     self.broken = f"weight update to version {new_version} failed ({e})"
                     self.metrics.updates.labels(transport, "error").inc()

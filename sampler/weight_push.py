@@ -76,6 +76,21 @@ def _sync_addr(url: str) -> str:
     return route_source(urlparse(url).hostname or "")
 
 
+def wait_work(work: Any, request: asyncio.Future | None) -> None:
+    """Wait for one broadcast to a replica; fail at once if that replica's update request
+    failed first (its server died or refused: a killed server's engine process can keep its end
+    of the group open, and the broadcast would otherwise wait for the group timeout). A request
+    that *succeeded* first only means the replica had every byte before our side noticed."""
+    while request is not None and not work.is_completed():
+        if request.done():
+            err = None if request.cancelled() else request.exception()
+            if request.cancelled() or err is not None:
+                raise RuntimeError(f"its update request failed mid-broadcast: {err!r}")
+            break
+        time.sleep(0.001)  # polling two completions that share no waitable
+    work.wait()
+
+
 class DistWeightPusher(WeightPusher):
     """torch.distributed broadcast over one standalone 2-rank group per replica."""
 
@@ -268,11 +283,7 @@ class DistWeightPusher(WeightPusher):
                 request = (requests or {}).get(u)
                 try:
                     for w in works:
-                        while request is not None and not w.is_completed():
-                            if request.done():
-                                raise RuntimeError("its update request ended mid-broadcast")
-                            time.sleep(0.001)
-                        w.wait()
+                        wait_work(w, request)
                 except Exception as e:  # a dead replica must not stop the others
                     failed[u] = f"broadcast failed: {e}"
                     live.pop(u, None)

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _LAYER_RE = re.compile(r"^(.*?\.layers\.\d+)\.")
+HANDSHAKE = 0x6772706F  # "grpo": the first broadcast of every weight-sync group
 ALIGN = 64  # byte alignment of every tensor inside a bucket (any dtype can view it)
 # Tensors below this size travel packed together (one broadcast per bucket): each broadcast
 # costs a round trip, which for a norm weight or a bias is most of its time (measured ~0.3 ms
@@ -278,7 +279,34 @@ def make_group(
         pg = dist.ProcessGroupNCCL(store, rank, world_size, opts)
     else:
         raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    _handshake(pg, backend, rank, world_size, timeout_s)
     return store, pg
+
+
+def _handshake(pg: Any, backend: str, rank: int, world_size: int, timeout_s: float) -> None:
+    """One broadcast through the new group before it counts as joined. NCCL connects lazily, at
+    the first collective: without this, `make_group` returning proved nothing and a replica that
+    never connected surfaced only as a hung first bucket. The payload also catches a group-size
+    mismatch between trainer and replica (e.g. a TP replica counted as one worker)."""
+    import torch
+
+    dev = "cpu" if backend == "gloo" else f"cuda:{torch.cuda.current_device()}"
+    want = [HANDSHAKE, world_size]
+    t = torch.tensor(want if rank == 0 else [0, 0], dtype=torch.int64, device=dev)
+    try:
+        broadcast(pg, t).wait(timedelta(seconds=timeout_s))
+    except RuntimeError as e:
+        raise ConnectionError(
+            f"weight-sync rank {rank} of {world_size}: the group's first broadcast failed "
+            f"within {timeout_s:.0f}s (pipeline.dist_timeout_s): {e}"
+        ) from None
+    got = t.tolist()
+    if got != want:
+        raise ConnectionError(
+            f"weight-sync rank {rank}: the trainer's group expects world size {got[1]} "
+            f"(handshake {got[0]:#x}), this side counts {world_size}: trainer and replica "
+            "disagree on the replica's number of vLLM workers"
+        )
 
 
 def broadcast(pg: Any, tensor: torch.Tensor) -> Any:
@@ -400,12 +428,45 @@ def receive_buckets(
     thread.join()
 
 
+RPC_ERROR = "error"  # key of a worker method's result that failed (see `rpc_method`)
+
+
+def rpc_method(fn: Callable[..., dict[str, float]]) -> Callable[..., dict[str, Any]]:
+    """A worker method called through `collective_rpc` returns its error instead of raising.
+
+    vLLM 0.32's multiprocess executor raises at the first worker that failed and leaves the
+    other workers' replies queued: with TP > 1 the *next* collective call then reads a stale
+    failure. Every worker answering normally keeps the queues in step; the caller raises
+    (`raise_rpc_errors`).
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            log.exception("%s failed", fn.__name__)
+            return {RPC_ERROR: f"{type(e).__name__}: {e}"}
+
+    return wrapper
+
+
+def raise_rpc_errors(results: list[Any]) -> list[dict[str, float]]:
+    """The per-worker results of an `rpc_method`; the first worker's error raised."""
+    for i, r in enumerate(results):
+        if isinstance(r, dict) and RPC_ERROR in r:
+            raise RuntimeError(f"vLLM worker {i}: {r[RPC_ERROR]}")
+    return results
+
+
 class WeightSyncExtension:
     """Mixed into vLLM's worker (`worker_extension_cls`): methods run inside each worker process.
 
     Only what `collective_rpc` can carry crosses the boundary (plain values, not tensors).
     """
 
+    @rpc_method
     def sampler_receive_weights(
         self,
         backend: str,
@@ -472,18 +533,19 @@ class WeightSyncExtension:
         stats["worker_seconds"] = time.perf_counter() - t0
         return stats
 
+    @rpc_method
     def sampler_load_path(self, path: str) -> dict[str, float]:
         """Reload all weights from a folder of safetensors files (the filesystem transport)."""
         import time
 
         t0 = time.perf_counter()
         if self._sampler_targets() is None:
-            self.reload_weights(weights_path=path)
-            self._sampler_after_reload()
+            self._sampler_reload(weights_path=path)
         else:
             self._sampler_load(_safetensors_items(path))
         return {"worker_seconds": time.perf_counter() - t0}
 
+    @rpc_method
     def sampler_set_cpu_layout(self, layout: str) -> dict[str, float]:
         """Switch this CPU worker to `layout` (see `sampler.cpu_layout`); call once, at start."""
         import time
@@ -529,8 +591,7 @@ class WeightSyncExtension:
         """
         plain = self._sampler_plain_map()
         if plain is None:  # GPU, or the CPU packed layout: vLLM's in-place reload
-            self.reload_weights(weights_iterator=weights)
-            self._sampler_after_reload()
+            self._sampler_reload(weights_iterator=weights)
             return
         from vllm.config import set_current_vllm_config
 
@@ -545,6 +606,13 @@ class WeightSyncExtension:
                 f"weight update left {len(missing)} parameters on their old values "
                 f"(e.g. {sorted(missing)[:3]}): send the full state dict"
             )
+
+    def _sampler_reload(self, **kwargs: Any) -> None:
+        """vLLM's in-place reload, refusing an update that leaves any weight on its old value."""
+        from sampler.reload_check import checked_reload
+
+        checked_reload(self.model_runner.get_model(), lambda: self.reload_weights(**kwargs))
+        self._sampler_after_reload()
 
     def _sampler_after_reload(self) -> int:
         import torch

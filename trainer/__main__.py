@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from trainer.config import ConfigError, load_config
     from trainer.driver import run
+    from trainer.weight_probe import WeightProbeError
 
     try:
         cfg = load_config(a.config, _parse_set(a.set))
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except WeightProbeError as e:  # raised in a Ray actor: print its own message, not Ray's
+        print(f"error: {getattr(e, 'cause', None) or e}", file=sys.stderr)
+        return 1
     if rc > 128:
         print(f"interrupted (signal {rc - 128}): all roles were shut down", file=sys.stderr)
     return rc

@@ -317,6 +317,20 @@ class PipelineConfig(BaseModel):
     weight_sync_dir: str | None = Field(
         None, description="Shared folder for the filesystem transport."
     )
+    weight_probe: bool = Field(
+        True,
+        description="After every weight push (also on resume and when a replica rejoins) each "
+        "replica scores a fixed probe text and the trainer compares the logprobs with its own; "
+        "beyond weight_probe_tolerance the run stops with an error naming the replica, the "
+        "version and the gap (metric weight_sync/probe_gap). Costs one short forward per push.",
+    )
+    weight_probe_tolerance: float | None = Field(
+        None,
+        gt=0,
+        description="Largest mean |logprob gap| per probe token; default by the coarser dtype "
+        "of trainer and sampler (trainer/weight_probe.py TOLERANCE: float32 5e-3, float16 0.05, "
+        "bfloat16 0.1).",
+    )
     filter_zero_std_groups: bool = Field(
         False,
         description="Drop groups whose rewards are all equal (no signal) and over-sample to keep batches full.",

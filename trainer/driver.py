@@ -419,6 +419,8 @@ class Run:
             cfg.pipeline.dist_timeout_s,
             cfg.pipeline.weight_sync_dir or str(self.out / "weight_sync"),
             cfg.pipeline.connect_timeout_s,
+            cfg.pipeline.weight_probe,
+            cfg.pipeline.weight_probe_tolerance,
         )
 
         start_step, version, run_id = 0, 0, None
@@ -439,6 +441,8 @@ class Run:
             await self.push(
                 version
             )  # external samplers start from the trainer's weights, not their own
+        else:  # launched replicas loaded the trainer's checkpoint: prove it
+            await self._all("check_weights", version)
         self._truncate_logs(start_step)
 
         self.tracker = Tracker(
@@ -554,7 +558,13 @@ class Run:
             log.warning("sampler replica %d (%s) died; restarting", i, infos[i]["url"])
             url = await self.replicas[i].start.remote(self.cfg.sampler.startup_timeout_s)
             await self._all("set_sampler_urls", alive_urls + [url])
-            await self.push(version, urls=[url])  # resync before it serves
+            m = await self.push(version, urls=[url])  # resync (and probe) before it serves
+            log.info(
+                "sampler replica %s rejoined at policy version %d (weight probe gap %s)",
+                url,
+                version,
+                m.get("weight_sync/probe_gap", "off"),
+            )
             alive_urls.append(url)
             self.client.set_urls(alive_urls)
             served = (await self.client.versions()).get(url)

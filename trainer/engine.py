@@ -407,14 +407,24 @@ class PolicyEngine:
             plan.append((name.removeprefix(_LORA_PREFIX).replace(".base_layer", ""), [p], None))
         return plan
 
+    def probe_logprobs(self, token_ids: list[int]) -> tuple[list[float], str]:
+        """The policy's logprobs of the weight probe (trainer/weight_probe.py) and the dtype it
+        computed them in. Collective under ZeRO-3: every rank calls it."""
+        from trainer.weight_probe import reference_logprobs
+
+        dtype = str(next(self.engine.module.parameters()).dtype).removeprefix("torch.")
+        return reference_logprobs(self.engine, token_ids), dtype
+
     def iter_named_params_for_sync(
-        self, bucket_bytes: int = 1 << 30
+        self, bucket_bytes: int = 1 << 30, device: str = "cpu"
     ) -> Iterator[tuple[str, torch.Tensor]]:
         """Full weights with HF/vLLM names in the model dtype, in buckets of about `bucket_bytes`.
 
         Collective under ZeRO-3 (parameters are gathered bucket by bucket): EVERY rank must iterate
-        it to the end. Only rank 0 receives tensors (CPU, owned by the caller); other ranks get none.
-        With LoRA the adapters are merged into the base weights.
+        it to the end. Only rank 0 receives tensors (on `device`, owned by the caller); other ranks
+        get none. With LoRA the adapters are merged into the base weights. `device`: where the
+        sender wants them: the GPU for nccl (a trip through host memory would cost two copies
+        of the model per push), the CPU for gloo and files.
         """
         import deepspeed
 
@@ -443,7 +453,7 @@ class PolicyEngine:
                     for name, ps, build in bucket:
                         t = build(*[p.data for p in ps]) if build else ps[0].data
                         # clone: under ZeRO-3 the gathered storage is released when the bucket closes
-                        out.append((name, t.detach().to("cpu", self.model_dtype).clone()))
+                        out.append((name, t.detach().to(device, self.model_dtype).clone()))
             # Yield after the bucket is released: the next gather starts only when the caller asks.
             yield from out
 

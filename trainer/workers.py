@@ -81,6 +81,9 @@ class TrainerWorker:
         self.pad_token_id: int | None = None
         self.pusher: Any = None
         self.client: Any = None
+        # The weight probe's token ids (None: probe off) and its tolerance override.
+        self.probe_ids: list[int] | None = None
+        self.probe_tolerance: float | None = None
         self._loop = asyncio.new_event_loop()
         # The background push (thread, result box) and the lock that makes its waiters (the
         # driver's `finish_push`, the next `push_weights`) take turns.
@@ -200,7 +203,15 @@ class TrainerWorker:
         timeout_s: float,
         shared_dir: str | None,
         connect_timeout_s: float | None = None,
+        probe: bool = True,
+        probe_tolerance: float | None = None,
     ) -> None:
+        """Collective (every rank learns whether pushes run the probe's forward)."""
+        if probe:
+            from trainer.weight_probe import probe_token_ids
+
+            self.probe_ids = probe_token_ids(self.engine.tokenizer)
+        self.probe_tolerance = probe_tolerance
         if self.rank != 0:
             return
         from sampler.client import SamplerClient, make_weight_pusher
@@ -232,7 +243,11 @@ class TrainerWorker:
         copy (training may change the parameters meanwhile) and `finish_push` returns its stats.
         At most one push is in flight: a new one first waits for the previous one.
         """
-        it = self.engine.iter_named_params_for_sync(bucket_bytes)
+        # The probe's reference comes from the weights being pushed (a forward on every rank).
+        ref = self.engine.probe_logprobs(self.probe_ids) if self.probe_ids else None
+        # The pusher's device (rank 0 has one; the others only take part in ZeRO-3's gathers).
+        device = getattr(self.pusher, "device", "cpu") if self.rank == 0 else "cpu"
+        it = self.engine.iter_named_params_for_sync(bucket_bytes, device)
         if self.rank != 0:
             for _ in it:
                 pass
@@ -241,7 +256,8 @@ class TrainerWorker:
         t0 = time.perf_counter()
         if not background:
             stats = self._loop.run_until_complete(self.pusher.push(it, version, urls=urls))
-            return {**previous, **_push_metrics(stats, time.perf_counter() - t0)}
+            metrics = _push_metrics(stats, time.perf_counter() - t0)
+            return {**previous, **metrics, **self._probe(ref, version, urls)}
         import threading
 
         snapshot = [(name, t.detach().clone()) for name, t in it]
@@ -254,7 +270,8 @@ class TrainerWorker:
                 stats = self._loop.run_until_complete(
                     self.pusher.push(iter(snapshot), version, urls=urls)
                 )
-                box["metrics"] = _push_metrics(stats, time.perf_counter() - t1)
+                metrics = _push_metrics(stats, time.perf_counter() - t1)
+                box["metrics"] = {**metrics, **self._probe(ref, version, urls)}
             except BaseException as e:  # raised by finish_push, in the driver
                 box["error"] = e
 
@@ -262,6 +279,31 @@ class TrainerWorker:
         thread.start()
         self._push = (thread, box)
         return {**previous, "timing/weight_snapshot_s": snapshot_s}
+
+    def check_weights(self, version: int) -> dict[str, float]:
+        """Collective: probe every replica against this policy without pushing (the start of
+        a run whose samplers loaded the trainer's checkpoint themselves)."""
+        ref = self.engine.probe_logprobs(self.probe_ids) if self.probe_ids else None
+        return self._probe(ref, version, None) if self.rank == 0 else {}
+
+    def _probe(
+        self, ref: tuple[list[float], str] | None, version: int, urls: list[str] | None
+    ) -> dict[str, float]:
+        """Check that every replica the push reached serves these weights (rank 0, after the
+        push); raises WeightProbeError naming the replica, the version and the gap."""
+        if ref is None:
+            return {}
+        from trainer.weight_probe import check_replicas
+
+        failed = self.pusher.last_failed
+        targets = [u.rstrip("/") for u in (urls or self.client.urls)]
+        reached = [u for u in targets if u not in failed]
+        logprobs, dtype = ref
+        return self._loop.run_until_complete(
+            check_replicas(
+                self.client, reached, self.probe_ids, logprobs, version, dtype, self.probe_tolerance
+            )
+        )
 
     def finish_push(self) -> dict[str, float]:
         """Wait for the background push (if any); its metrics, or its error raised here."""

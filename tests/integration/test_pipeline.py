@@ -121,6 +121,12 @@ def test_embedded_default_learns(tmp_path):
     for row in trained:
         assert all(row["step"] - v <= 1 for v in row["versions"]), row
     assert [m["policy/version"] for m in metrics] == list(range(1, len(metrics) + 1))
+    # The weight probe checked the replica after every push (overlapped pushes report theirs a
+    # step later; the last push is synchronous), within float32's tolerance.
+    probed = [m for m in metrics if "weight_sync/probe_gap" in m]
+    assert len(probed) >= len(metrics) - 1 and probed[-1] is metrics[-1], metrics[-1]
+    assert all(m["weight_sync/probe_replicas"] == 1 for m in probed)
+    assert max(m["weight_sync/probe_gap"] for m in probed) < 5e-3
     ids = [i for row in trained for i in row["prompt_ids"]]
     assert ids == _expected_prompt_ids(len(trained), 4)
     assert (out / "final_model" / "model.safetensors").is_file()
@@ -246,6 +252,34 @@ def test_sampler_replica_killed_mid_run(tmp_path):
     assert ids == _expected_prompt_ids(10, 4)
     metrics = _jsonl(out / "metrics.jsonl")
     assert metrics[-1]["rollout/sampler_restarts"] == 1.0
+    assert metrics[-1]["weight_sync/probe_replicas"] == 2.0
+    # the restarted replica was probed after its resync, before it served again
+    log = (out.parent / "driver.log").read_text(errors="replace")
+    assert f"replica {replicas[1]['url']} rejoined at policy version" in log
+
+
+def test_a_sampler_serving_other_weights_stops_the_run_before_step_1(tmp_path):
+    """The weight probe: the replica serves bfloat16-rounded weights (a real gap of ~1e-3 nats a
+    token against the float32 trainer) and the tolerance is set below it, as a wrong transport
+    would exceed the default one. The run stops before training, naming replica, version, gap."""
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        _cmd(out, "sampler.dtype=bfloat16", "pipeline.weight_probe_tolerance=1e-4"),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    [line] = [x for x in proc.stderr.splitlines() if x.startswith("error: weight probe")]
+    url = json.loads((out / "replicas.json").read_text())[0]["url"]
+    assert f"replica {url} does not serve the trainer's weights of policy version 0" in line
+    assert "tolerance 0.0001 for float32 vs bfloat16" in line, line
+    assert "Traceback" not in proc.stderr[-2000:], proc.stderr[-2000:]
+    assert not (out / "metrics.jsonl").exists() or not _jsonl(out / "metrics.jsonl")
+    _no_leftover_servers(out)
 
 
 def test_stale_groups_are_dropped_counted_and_reissued(tmp_path):

@@ -1,7 +1,8 @@
 """Weight updates in the engine shapes GPUs run, on CPU: vLLM's multiprocess engine core and
 tensor parallelism 2 (two vLLM workers per replica, each a receiver of the trainer's group).
 After each push (gloo twice, then filesystem) the replica's greedy tokens and logprobs must equal
-transformers' on the new weights, float32.
+transformers' on the new weights, float32, and the trainer's weight probe must catch one
+corrupted (TP-sharded) tensor.
 
 `AsyncLLM` in vLLM 0.32 always runs its engine core in a process of its own (core_client refuses
 asyncio without multiprocessing), so every sampler test runs that mode; these set
@@ -20,6 +21,7 @@ from test_sampler_server import (  # noqa: F401  (fixtures)
     PROMPTS,
     _assert_matches,
     _hf_state,
+    _probe_catches_a_corrupt_tensor,
     _push_and_check,
     hf_reference,
     models,
@@ -98,7 +100,45 @@ def test_weight_updates_in_gpu_engine_shapes_match_transformers(
             "filesystem", c, bucket_bytes=256 << 10, timeout_s=60, shared_dir=str(tmp_path)
         )
         await _push_and_check(c, fs, models, 1, v0 + 3, hf_reference)
+        await _probe_catches_a_corrupt_tensor(c, server.url, gloo, models, v0 + 4)
         await gloo.aclose()
+        await c.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_refused_update_does_not_poison_the_next_one(shaped_server, models, hf_reference):  # noqa: F811
+    """A partial update is refused on every layout (vLLM's in-place reload only warns and keeps
+    old values) and fails on every worker. vLLM's multiprocess executor raises at the first
+    worker's error and leaves the other workers' replies queued, so with TP 2 the next
+    collective call would read a stale error: the replica must still recover on a full push."""
+    import httpx
+
+    from sampler.client import SamplerClient, SamplingSpec, WeightPushError, make_weight_pusher
+
+    _, server = shaped_server
+    full = _hf_state(models[1])
+    # A whole parameter missing, and one shard of vLLM's fused qkv_proj missing (vLLM's own
+    # reload only warns about either and serves old values).
+    gaps = ("model.layers.0.mlp.down_proj.weight", "model.layers.1.self_attn.k_proj.weight")
+
+    async def run():
+        c = SamplerClient([server.url], api_key=API_KEY, admin_key=ADMIN_KEY)
+        v = (await c.versions())[server.url]
+        pusher = make_weight_pusher("gloo", c, bucket_bytes=1 << 20, timeout_s=60)
+        for gap in gaps:
+            partial = {k: t for k, t in full.items() if k != gap}
+            with pytest.raises(WeightPushError, match="old values"):
+                await pusher.push(iter(partial.items()), version=v + 1)
+            assert httpx.get(server.url + "/health").status_code == 503
+            for _ in range(2):  # twice: a stale reply would be consumed by the first at most
+                v += 1
+                stats = await pusher.push(iter(full.items()), version=v)
+                assert stats["replicas_ok"] == 1, stats
+                res = await c.generate(PROMPTS, 1, SamplingSpec(max_tokens=8, temperature=0))
+                assert {g.policy_version for g in res} == {v}
+                _assert_matches(res, hf_reference, 1, 8)
+        await pusher.aclose()
         await c.aclose()
 
     asyncio.run(run())

@@ -274,6 +274,41 @@ def test_refuses_public_bind_without_api_key(models):
     assert r.returncode != 0 and "--api-key" in r.stderr
 
 
+async def _probe_catches_a_corrupt_tensor(client, url, pusher, models, version) -> None:
+    """The trainer's weight probe passes on the pushed weights and names this replica, the version
+    and the gap once one (TP-sharded) tensor arrives negated; the replica is left on model 1."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.weight_probe import (
+        TOLERANCE,
+        WeightProbeError,
+        check_replicas,
+        probe_token_ids,
+        reference_logprobs,
+    )
+
+    ids = probe_token_ids(AutoTokenizer.from_pretrained(models[1]))
+    ref = reference_logprobs(
+        AutoModelForCausalLM.from_pretrained(models[1], dtype=torch.float32), ids
+    )
+    state = _hf_state(models[1])
+    await pusher.push(iter(state.items()), version=version)
+    m = await check_replicas(client, [url], ids, ref, version, "float32")
+    assert m["weight_sync/probe_gap"] < TOLERANCE["float32"] / 100, m
+
+    bad = dict(state)
+    bad["model.layers.0.mlp.down_proj.weight"] = -state["model.layers.0.mlp.down_proj.weight"]
+    await pusher.push(iter(bad.items()), version=version + 1)
+    with pytest.raises(WeightProbeError) as e:
+        await check_replicas(client, [url], ids, ref, version + 1, "float32")
+    assert url in str(e.value) and f"policy version {version + 1}:" in str(e.value)
+    gap = float(str(e.value).split("mean logprob gap ")[1].split()[0])
+    assert gap > TOLERANCE["float32"], str(e.value)
+    await pusher.push(iter(state.items()), version=version + 2)
+    await check_replicas(client, [url], ids, ref, version + 2, "float32")
+
+
 # ---------------------------------------------------------------------------- weight updates
 @pytest.mark.parametrize("layout", ["plain", "packed"])
 def test_weight_updates_both_transports_match_transformers(
@@ -303,6 +338,23 @@ def test_weight_updates_both_transports_match_transformers(
         ).text
         assert f"sampler_policy_version {float(v0 + 2)}" in metrics
         assert 'sampler_weight_updates_total{outcome="ok",transport="gloo"}' in metrics
+        await c.aclose()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("layout", ["plain", "packed"])
+def test_weight_probe_catches_one_corrupt_tensor(layout, request, models):
+    from sampler.client import make_weight_pusher
+
+    server = request.getfixturevalue("server" if layout == "plain" else "packed_server")
+
+    async def run():
+        c = _client(server)
+        v0 = (await c.versions())[server.url]
+        gloo = make_weight_pusher("gloo", c, bucket_bytes=256 << 10, timeout_s=60)
+        await _probe_catches_a_corrupt_tensor(c, server.url, gloo, models, v0 + 1)
+        await gloo.aclose()
         await c.aclose()
 
     asyncio.run(run())

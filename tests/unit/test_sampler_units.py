@@ -263,3 +263,56 @@ def test_cpu_threads_bind_splits_the_allowed_cores_per_tp_worker():
     assert cpu_threads_bind(1, [0, 1, 2]) == "0,1,2"
     with pytest.raises(ValueError, match="sampler.tensor_parallel_size 4 needs at least"):
         cpu_threads_bind(4, [0, 1])
+
+
+class _Work:
+    """A broadcast handle that completes only once waited (as gloo's can lag its peer)."""
+
+    def __init__(self) -> None:
+        self.waited = False
+
+    def is_completed(self) -> bool:
+        return self.waited
+
+    def wait(self) -> bool:
+        self.waited = True
+        return True
+
+
+def _done_future(result=None, error: BaseException | None = None):
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    f = loop.create_future()
+    if error is not None:
+        f.set_exception(error)
+    else:
+        f.set_result(result)
+    loop.close()
+    return f
+
+
+def test_a_replica_whose_update_succeeded_before_our_broadcast_completed_is_not_failed():
+    """Race seen on a TP=2 replica: it had every byte and answered 200 before the sender's last
+    broadcast handle reported completion; that must count as success, not 'ended mid-broadcast'."""
+    from sampler.weight_push import DistWeightPusher
+
+    class _Group:  # every broadcast handle lags: not completed until waited
+        def broadcast(self, tensors, opts):
+            return _Work()
+
+    pusher = DistWeightPusher.__new__(DistWeightPusher)
+    pusher.device, pusher.bucket_bytes, pusher.pool = "cpu", 4096, BufferPool()
+    failed: dict[str, str] = {}
+    sent = [(f"t{i}", torch.randn(64)) for i in range(3)]
+    requests = {"r": _done_future({"seconds": 0.1})}
+    stats = pusher._send_all(iter(sent), {"r": _Group()}, failed, requests)
+    assert not failed, failed
+    assert stats["tensors"] == 3
+
+
+def test_a_replica_whose_update_request_failed_fails_at_once():
+    from sampler.weight_push import wait_work
+
+    with pytest.raises(RuntimeError, match="failed mid-broadcast.*ConnectError"):
+        wait_work(_Work(), _done_future(error=ConnectionError("ConnectError: gone")))
