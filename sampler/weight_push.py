@@ -76,6 +76,19 @@ def _sync_addr(url: str) -> str:
     return route_source(urlparse(url).hostname or "")
 
 
+# Groups that saw an error, kept referenced until the process exits. Destroying a gloo group
+# waits for its pending operations, and a peer that died mid-broadcast leaves ours pending until
+# the group timeout (pipeline.dist_timeout_s, 600 s): seen as a trainer thread stuck in
+# ~ProcessGroupGloo, from a garbage collection that happened to run in the next push. A few
+# dead groups per replica failure are cheap; a stalled push is not.
+_ABANDONED: list[Any] = []
+
+
+def abandon(group: Any) -> None:
+    """Keep a failed group (or the tuple holding it) alive: never destroy it mid-run."""
+    _ABANDONED.append(group)
+
+
 def wait_work(work: Any, request: asyncio.Future | None) -> None:
     """Wait for one broadcast to a replica; fail at once if that replica's update request
     failed first (its server died or refused: a killed server's engine process can keep its end
@@ -150,14 +163,14 @@ class DistWeightPusher(WeightPusher):
         for u, h in zip(urls, healths, strict=True):
             if h is None:
                 failed[u] = "not healthy (no answer on /health)"
-                self._sessions.pop(u, None)
+                self._drop(u)
                 continue
             old = self._sessions.get(u)
             if old is not None and old[0] == h.get("instance_id"):
                 plan[u] = (old[1], old[2], False)
                 groups[u] = old[3]
             else:
-                self._sessions.pop(u, None)
+                self._drop(u)
                 world = 1 + int(h.get("workers", 1))
                 store = dist.TCPStore(addrs[u], 0, world, is_master=True, wait_for_workers=False)
                 plan[u] = (uuid.uuid4().hex, store, True)
@@ -218,7 +231,9 @@ class DistWeightPusher(WeightPusher):
                 # Timeouts have empty messages: the type is the information.
                 failed.setdefault(u, f"{type(e).__name__}: {e}".rstrip(": "))
             if u in failed:  # a group that saw an error is never reused
-                self._sessions.pop(u, None)
+                self._drop(u)
+                if u in groups:  # a new group that failed in its first push
+                    abandon(groups[u])
             else:
                 session, store, _ = plan[u]
                 self._sessions[u] = (
@@ -233,6 +248,12 @@ class DistWeightPusher(WeightPusher):
         stats.update({f"replica_{k}": v for k, v in replica.items()})
         stats["bytes_per_s"] = stats["bytes"] / stats["seconds"] if stats["seconds"] > 0 else 0.0
         return self._conclude(stats, failed, urls)
+
+    def _drop(self, url: str) -> None:
+        """Forget the kept group of `url` without destroying it (see `abandon`)."""
+        entry = self._sessions.pop(url, None)
+        if entry is not None:
+            abandon(entry)
 
     def _send_all(
         self,

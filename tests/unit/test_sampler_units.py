@@ -316,3 +316,50 @@ def test_a_replica_whose_update_request_failed_fails_at_once():
 
     with pytest.raises(RuntimeError, match="failed mid-broadcast.*ConnectError"):
         wait_work(_Work(), _done_future(error=ConnectionError("ConnectError: gone")))
+
+
+def test_dropping_a_group_whose_peer_died_mid_broadcast_does_not_block():
+    """A replica dies mid-broadcast: our broadcasts to it stay pending until the group timeout,
+    and destroying a gloo group waits for its pending work. The pusher forgets such a group
+    without destroying it, so the next push (whose thread may run the garbage collection that
+    frees it) does not stall for the group timeout."""
+    import asyncio
+    import gc
+
+    import torch.distributed as dist
+
+    from sampler.client import DistWeightPusher
+    from sampler.weight_sync import make_group
+
+    store = dist.TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
+    peer: list = []
+
+    def dead_replica() -> None:  # joins, then never reads a byte (as a killed server's engine)
+        peer.append(make_group("gloo", "127.0.0.1", store.port, 1, 120))
+
+    th = threading.Thread(target=dead_replica)
+    th.start()
+    _, pg = make_group("gloo", "127.0.0.1", 0, 0, 120, store=store)
+    th.join(60)
+    loop = asyncio.new_event_loop()
+    request = loop.create_future()
+    request.set_exception(ConnectionError("server disconnected"))  # its HTTP call failed
+    pusher = DistWeightPusher.__new__(DistWeightPusher)
+    pusher.device, pusher.bucket_bytes, pusher.pool = "cpu", 64 << 20, BufferPool()
+    pusher._sessions = {"r": ("instance", "session", store, pg)}
+    failed: dict[str, str] = {}
+    pusher._send_all(iter([("w", torch.zeros(32 << 20))]), {"r": pg}, failed, {"r": request})
+    assert "failed mid-broadcast" in failed["r"]  # the pending 128 MB broadcast is abandoned
+    held = [pg]  # the last reference outside the pusher, released in the thread below
+    del pg
+    done = threading.Event()
+
+    def forget() -> None:  # what push() does with a failed replica's group, then a collection
+        pusher._drop("r")
+        held.clear()
+        gc.collect()
+        done.set()
+
+    threading.Thread(target=forget, daemon=True).start()
+    assert done.wait(60), "freeing the dead replica's group blocked on its pending broadcast"
+    loop.close()
