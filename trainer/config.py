@@ -338,6 +338,21 @@ class PipelineConfig(BaseModel):
     max_inflight_prompts: int | None = Field(
         None, ge=1, description="Prompts generating at once; default: 2 batches' worth."
     )
+    max_failed_reward_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Stop the run when more than this fraction of the completions of the last "
+        "failed_reward_window steps got no valid reward from any reward function (failures, "
+        "timeouts, a dead pool, or None from every reward). Such completions never train "
+        "(metric rewards/failed_items); 1.0 never stops.",
+    )
+    failed_reward_window: int = Field(
+        5,
+        ge=1,
+        description="Steps over which max_failed_reward_fraction is measured (fewer at the start "
+        "of a run, so a pool that is dead from the start stops it at step 1).",
+    )
     num_trainer_workers: int = Field(
         1, ge=1, description="Trainer processes (one per GPU; CPU: processes)."
     )

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from trainer.batch import loss_tokens
 from trainer.config import ConfigError, RunConfig
 from trainer.orchestrator import Orchestrator, RolloutSettings, StepBatch
 from trainer.prompts import DataCursor, Prompt, load_examples, tokenize_prompts
@@ -268,10 +269,7 @@ class Run:
         n = len(self.workers)
         per = len(batch.samples) // n
         shards = [(batch.samples[i * per : (i + 1) * per],) for i in range(n)]
-        mask_trunc = self.cfg.trainer.mask_truncated_completions
-        items = sum(
-            len(s.completion_token_ids) for s in batch.samples if not (mask_trunc and s.truncated)
-        )
+        items = loss_tokens(batch.samples, self.cfg.trainer.mask_truncated_completions)
         results = await self._all("train_step", per_rank=[(sh[0], items) for sh in shards])
         return results[0]
 
@@ -483,6 +481,8 @@ class Run:
             names,
             steps,
             cfg.dispatch_ahead,
+            cfg.pipeline.max_failed_reward_fraction,
+            cfg.pipeline.failed_reward_window,
         )
         self.orch = Orchestrator(
             train_prompts, self.cursor, self.client, self.scorer, settings, start_step, version
