@@ -24,7 +24,7 @@ import yaml
 from trainer.batch import loss_tokens
 from trainer.config import ConfigError, RunConfig
 from trainer.orchestrator import Orchestrator, RolloutSettings, StepBatch
-from trainer.prompts import DataCursor, Prompt, load_examples, tokenize_prompts
+from trainer.prompts import DataCursor, Prompt, drop_overlong, load_examples, tokenize_prompts
 
 log = logging.getLogger("trainer")
 
@@ -42,6 +42,29 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+# The config keys vLLM 0.32 derives a model's context length from (the smallest wins).
+CONTEXT_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "model_max_length",
+    "max_target_positions",
+    "max_sequence_length",
+    "max_seq_length",
+    "seq_len",
+)
+
+
+def model_context_length(model_dir: str | Path) -> int | None:
+    """The context length vLLM would serve the model folder with by default, as vLLM derives it
+    (the smallest length key; rope scaling ignored, so it errs short); None if unknown."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    cfg = cfg.get("text_config") or cfg
+    lengths = [int(cfg[k]) for k in CONTEXT_KEYS if isinstance(cfg.get(k), int)]
+    return min(lengths) if lengths else None
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -77,6 +100,8 @@ class Run:
         self.overlap_push = False  # decided in start_trainers (needs to know about GPUs)
         # Where each role runs ({"sampler_replicas": [...], "trainer_ranks": [...]}).
         self.placement: dict[str, list[dict[str, Any]]] = {}
+        # Prompts dropped at load because the samplers would refuse them (per split).
+        self.prompts_dropped: dict[str, int] = {"train": 0, "eval": 0}
 
     # ------------------------------------------------------------------ preparation
     def prepare_model(self) -> str:
@@ -95,15 +120,26 @@ class Run:
             )
         return str(Path(m.name_or_path).resolve())
 
-    def prepare_prompts(self, tokenizer: Any) -> tuple[list[Prompt], list[Prompt]]:
-        d = self.cfg.data
-        train = tokenize_prompts(
-            load_examples(d, d.train_split), tokenizer, d, self.cfg.trainer.max_prompt_length
-        )
+    def prepare_prompts(self, tokenizer: Any, model_path: str) -> tuple[list[Prompt], list[Prompt]]:
+        """Train and eval prompts, without those the samplers would refuse (dropped here and
+        counted in `prompts_dropped`, so no request fails mid-run)."""
+        d, t = self.cfg.data, self.cfg.trainer
+        budget = self.cfg.prompt_token_budget(model_context_length(model_path))
+        train = tokenize_prompts(load_examples(d, d.train_split), tokenizer, d, t.max_prompt_length)
+        train, self.prompts_dropped["train"] = drop_overlong(train, budget, "train")
+        if not train:
+            raise ConfigError(
+                f"no training prompt fits in {budget} tokens (the samplers' context, "
+                f"sampler.max_model_len or the model's, minus trainer.max_completion_length="
+                f"{t.max_completion_length}, or sampler.limits.max_prompt_tokens): set "
+                "trainer.max_prompt_length to left-truncate prompts, lower "
+                "trainer.max_completion_length or raise sampler.max_model_len"
+            )
         evals: list[Prompt] = []
-        if d.eval_split and self.cfg.trainer.eval_steps:
+        if d.eval_split and t.eval_steps:
             ev = load_examples(d, d.eval_split)[: d.max_eval_examples]
-            evals = tokenize_prompts(ev, tokenizer, d, self.cfg.trainer.max_prompt_length)
+            evals = tokenize_prompts(ev, tokenizer, d, t.max_prompt_length)
+            evals, self.prompts_dropped["eval"] = drop_overlong(evals, budget, "eval")
         return train, evals
 
     def init_ray(self) -> None:
@@ -373,7 +409,7 @@ class Run:
                 raise ConfigError(f"trainer.reward_funcs: {e}") from None
         model_path = self.prepare_model()
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        train_prompts, eval_prompts = self.prepare_prompts(tokenizer)
+        train_prompts, eval_prompts = self.prepare_prompts(tokenizer, model_path)
         steps = total_steps(cfg, len(train_prompts))
         self.cursor = DataCursor(len(train_prompts), t.seed, cfg.data.shuffle)
         dtype = cfg.sampler.dtype if cfg.sampler.dtype != "auto" else cfg.model.torch_dtype
@@ -461,6 +497,10 @@ class Run:
                     "num_trainer_workers": cfg.pipeline.num_trainer_workers,
                 }
             )
+        dropped = {
+            f"data/{k}_prompts_dropped_too_long": float(v) for k, v in self.prompts_dropped.items()
+        }
+        self.tracker.metrics(dropped, step=start_step)
         names = [reward_name(n) for n in t.reward_funcs]
         spec = SamplingSpec(
             max_tokens=t.max_completion_length,
