@@ -21,14 +21,13 @@ from typing import Any
 
 import yaml
 
+from trainer import checkpoints
 from trainer.batch import loss_tokens
 from trainer.config import ConfigError, RunConfig
 from trainer.orchestrator import Orchestrator, RolloutSettings, StepBatch
 from trainer.prompts import DataCursor, Prompt, drop_overlong, load_examples, tokenize_prompts
 
 log = logging.getLogger("trainer")
-
-CKPT_PREFIX = "step-"
 
 
 def _sampler_args(config_file: Path, dtype: str, seed: int) -> list[str]:
@@ -67,13 +66,10 @@ def model_context_length(model_dir: str | Path) -> int | None:
     return min(lengths) if lengths else None
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    ckpts = [
-        p
-        for p in (output_dir / "checkpoints").glob(f"{CKPT_PREFIX}*")
-        if (p / "client_state.json").is_file()
-    ]
-    return max(ckpts, key=lambda p: int(p.name[len(CKPT_PREFIX) :]), default=None)
+def latest_checkpoint(output_dir: Path, world_size: int = 1) -> Path | None:
+    """The newest valid checkpoint of the run in `output_dir` (trainer.checkpoints.latest_valid:
+    corrupt newer ones skipped and logged; CheckpointError if every finished one is corrupt)."""
+    return checkpoints.latest_valid(output_dir / "checkpoints", world_size)
 
 
 def total_steps(cfg: RunConfig, num_prompts: int) -> int:
@@ -88,7 +84,12 @@ class Run:
         self.cfg = cfg
         self.out = Path(cfg.trainer.output_dir).resolve()
         # "auto": resume when a checkpoint exists (an Azure ML job retried by the platform)
-        self.resume = latest_checkpoint(self.out) is not None if resume == "auto" else bool(resume)
+        self.world_size = cfg.pipeline.num_trainer_workers
+        self.resume = (
+            latest_checkpoint(self.out, self.world_size) is not None
+            if resume == "auto"
+            else bool(resume)
+        )
         self.replicas: list[Any] = []
         self.workers: list[Any] = []
         self.scorer = None
@@ -360,26 +361,31 @@ class Run:
 
     # ------------------------------------------------------------------ checkpoints
     async def save_checkpoint(self, step: int, batch: StepBatch, version: int) -> Path:
-        path = self.out / "checkpoints" / f"{CKPT_PREFIX}{step}"
+        root = self.out / "checkpoints"
+        path = root / f"{checkpoints.CKPT_PREFIX}{step}"
         state = {
             "step": step,
             "cursor": {**self.cursor.state_dict(), "position": batch.cursor_position},
             "version": version,
             "mlflow_run_id": self.tracker.run_id if self.tracker else None,
+            "world_size": self.world_size,
         }
-        await self._all("save_checkpoint", str(path), state)
-        (path / "client_state.json").write_text(
-            json.dumps(state)
-        )  # written last: marks it complete
-        limit = self.cfg.trainer.save_total_limit
-        if limit:
-            old = sorted(
-                (p for p in (self.out / "checkpoints").glob(f"{CKPT_PREFIX}*") if p != path),
-                key=lambda p: int(p.name[len(CKPT_PREFIX) :]),
-            )
-            for p in old[: max(0, len(old) - (limit - 1))]:
-                shutil.rmtree(p, ignore_errors=True)
+        # A folder of this step left by an unfinished or corrupt save (resume skipped it).
+        shutil.rmtree(path, ignore_errors=True)
+        await self._all("save_checkpoint", str(path), state)  # every rank fsyncs its files
+        checkpoints.write_marker(path, state)  # last, durably: marks it complete
+        if self.cfg.trainer.save_total_limit:
+            checkpoints.prune(root, self.cfg.trainer.save_total_limit, path)
         return path
+
+    def _check_world_size(self, ckpt: Path) -> None:
+        saved = checkpoints.read_marker(ckpt).get("world_size", self.world_size)
+        if saved != self.world_size:
+            raise ConfigError(
+                f"{ckpt} was saved by {saved} trainer ranks, this run has "
+                f"pipeline.num_trainer_workers={self.world_size}: resume with {saved} (each rank "
+                "restores its own optimizer shard and RNG state)"
+            )
 
     # ------------------------------------------------------------------ main
     async def run_async(self) -> int:
@@ -392,10 +398,12 @@ class Run:
 
         cfg, t = self.cfg, self.cfg.trainer
         self.out.mkdir(parents=True, exist_ok=True)
-        ckpt = latest_checkpoint(self.out) if self.resume else None
+        ckpt = latest_checkpoint(self.out, self.world_size) if self.resume else None
         if self.resume and ckpt is None:
             raise ConfigError(f"--resume: no complete checkpoint under {self.out / 'checkpoints'}")
-        if not self.resume and latest_checkpoint(self.out) is not None:
+        if ckpt is not None:
+            self._check_world_size(ckpt)
+        if not self.resume and latest_checkpoint(self.out, self.world_size) is not None:
             raise ConfigError(
                 f"trainer.output_dir {self.out} already holds checkpoints: pass --resume to continue "
                 "that run, or choose another output_dir"
@@ -460,7 +468,7 @@ class Run:
         start_step, version, run_id = 0, 0, None
         if ckpt is not None:
             states = await self._all("load_checkpoint", str(ckpt))
-            state = json.loads((ckpt / "client_state.json").read_text()) or states[0]
+            state = checkpoints.read_marker(ckpt) or states[0]
             start_step, version, run_id = (
                 state["step"],
                 state["version"],
