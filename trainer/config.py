@@ -339,7 +339,9 @@ class PipelineConfig(BaseModel):
         "the copy would cost device memory and nccl is fast).",
     )
     weight_sync_dir: str | None = Field(
-        None, description="Shared folder for the filesystem transport."
+        None,
+        description="Shared folder for the filesystem transport (default: output_dir/weight_sync). "
+        "The pusher deletes only the v<N> folders it wrote (they hold its marker file).",
     )
     weight_probe: bool = Field(
         True,
