@@ -1,6 +1,7 @@
 """Scoring batches with several rewards: the scorer interface, weighting, the in-process scorer.
 
-Owns: `RewardBatch`, the `RewardScorer` protocol, `combine` (TRL's weighted nansum),
+Owns: `RewardBatch`, the `RewardScorer` protocol, `combine` (TRL's weighted nansum; NaN for an
+item no reward scored),
 `InProcessScorer` and `make_scorer` (in-process or the Ray pool of rewards.ray_pool).
 Does not know: Ray internals (rewards.ray_pool), reward semantics (the reward modules).
 
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 class RewardBatch:
     """Scores of one batch.
 
-    total: weighted sum over rewards per item (TRL: None -> NaN, nansum; all None -> 0.0);
+    total: weighted sum over rewards per item (TRL: None -> NaN, nansum), NaN where no reward
+    gave a value (the trainer leaves such an item out of training; `unscored` counts them);
     per_func: each reward's column (for `rewards/<name>/mean`); failures: per reward, items that
     got None through an error, timeout or dead worker; failure_samples: per reward, the first
     failure of this batch (error and a sample of the input), for logging.
@@ -38,6 +40,11 @@ class RewardBatch:
     per_func: dict[str, list[float | None]]
     failures: dict[str, int]
     failure_samples: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def unscored(self) -> int:
+        """Items no reward function scored (total NaN)."""
+        return sum(math.isnan(t) for t in self.total)
 
     def metrics(self) -> dict[str, float]:
         """TRL's per-reward metrics: `rewards/<name>/mean` and `/std` over the items that have a
@@ -64,17 +71,18 @@ class RewardScorer(Protocol):
 
 
 def combine(per_func: dict[str, list[float | None]], weights: dict[str, float]) -> list[float]:
-    """TRL's combination: sum over rewards of weight * value, skipping None/NaN; 0.0 if all are."""
+    """TRL's combination: sum over rewards of weight * value, skipping None/NaN; NaN if all are.
+
+    NaN, not nansum's 0.0: an item whose rewards all failed (dead pool, timeouts) would otherwise
+    score 0.0, enter its group's baseline and be trained on (TRL 1.16 marks such rows NaN too).
+    """
     names = list(per_func)
     n = len(per_func[names[0]]) if names else 0
     out = []
     for i in range(n):
-        total = 0.0
-        for name in names:
-            v = per_func[name][i]
-            if v is not None and not math.isnan(v):
-                total += weights[name] * v
-        out.append(total)
+        values = [(name, per_func[name][i]) for name in names]
+        valid = [weights[name] * v for name, v in values if v is not None and not math.isnan(v)]
+        out.append(sum(valid) if valid else math.nan)
     return out
 
 
@@ -127,10 +135,11 @@ def build_batch(
             msg,
         )
     total = combine(per_func, weights)
-    unscored = [i for i in range(len(completions)) if all(per_func[n][i] is None for n in names)]
+    unscored = [i for i, t in enumerate(total) if math.isnan(t)]
     if unscored:
         log.warning(
-            "%d of %d items got None from every reward (total 0.0), first index %d",
+            "%d of %d items got None from every reward (total NaN: left out of training), "
+            "first index %d",
             len(unscored),
             len(completions),
             unscored[0],

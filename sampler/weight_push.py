@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -364,6 +365,20 @@ class DistWeightPusher(WeightPusher):
         return stats
 
 
+# Written first into every version folder the filesystem pusher creates: cleanup deletes only
+# folders named v<digits> that hold it, never a user's folder in a shared weight_sync_dir.
+PUSHER_MARKER = ".grpo-weight-push"
+_VERSION_DIR = re.compile(r"v\d+")
+
+
+def _is_ours(folder: Path) -> bool:
+    return (
+        _VERSION_DIR.fullmatch(folder.name) is not None
+        and folder.is_dir()
+        and (folder / PUSHER_MARKER).is_file()
+    )
+
+
 class FilesystemWeightPusher(WeightPusher):
     """safetensors shards under `shared_dir/v<version>`, then every replica reloads from there."""
 
@@ -382,6 +397,8 @@ class FilesystemWeightPusher(WeightPusher):
         from safetensors.torch import save_file
 
         folder.mkdir(parents=True, exist_ok=True)
+        # First, so a folder a crash left half-written is still known to be ours.
+        (folder / PUSHER_MARKER).write_text("written by sampler.weight_push; deleted by it\n")
         shard: dict[str, Any] = {}
         used, index, total = 0, 0, 0
         for name, tensor in named_tensors:
@@ -406,8 +423,7 @@ class FilesystemWeightPusher(WeightPusher):
         urls = [u.rstrip("/") for u in (urls or self.client.urls)]
         t0 = time.perf_counter()
         folder = self.root / f"v{version}"
-        if folder.exists():
-            shutil.rmtree(folder)
+        self._clear(folder)
         stats = await asyncio.to_thread(self._write, named_tensors, folder)
         stats["write_seconds"] = time.perf_counter() - t0
         results = await asyncio.gather(
@@ -426,10 +442,22 @@ class FilesystemWeightPusher(WeightPusher):
             u: str(r) for u, r in zip(urls, results, strict=True) if isinstance(r, BaseException)
         }
         for old in self.root.glob("v*"):  # keep only the newest version on disk
-            if old != folder and old.is_dir():
+            if old != folder and _is_ours(old):
                 shutil.rmtree(old, ignore_errors=True)
         stats["seconds"] = time.perf_counter() - t0
         return self._conclude(stats, failed, urls)
+
+    def _clear(self, folder: Path) -> None:
+        """Remove an earlier push of this version; refuse to touch a folder we did not write."""
+        if not folder.exists():
+            return
+        if not _is_ours(folder):
+            raise RuntimeError(
+                f"{folder} exists but was not written by the weight pusher (no {PUSHER_MARKER}): "
+                "the pusher will not overwrite it; give pipeline.weight_sync_dir a folder of its "
+                "own"
+            )
+        shutil.rmtree(folder)
 
 
 def make_weight_pusher(

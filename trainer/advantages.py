@@ -4,8 +4,11 @@ Owns: turning a flat reward vector (ordered group by group: G consecutive entrie
 advantages, plus the reward statistics TRL logs (`reward`, `reward_std`, `frac_reward_zero_std`).
 Does not know: where rewards come from, how samples are batched, or anything about models.
 
-A NaN reward marks an unscorable completion (every reward function returned None). As in TRL it is
-left out of its group's mean/std and its advantage is 0, so it cannot move the policy.
+A NaN reward marks an unscorable completion (every reward function returned None or failed). As in
+TRL it is left out of its group's mean/std and its advantage is 0; beyond TRL it is also marked not
+trainable (`Advantages.trainable`), so it adds no loss tokens and no KL term. A group left with fewer
+than MIN_SCORED_PER_GROUP scored completions has no baseline to compare with: the whole group is
+dropped (not trainable, out of the batch std too) and counted.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ ScaleRewards = Literal["group", "batch", "none"]
 SCALE_REWARDS = ("group", "batch", "none")
 # TRL divides by (std + 1e-4) so zero-variance groups give advantage 0 instead of inf.
 STD_EPS = 1e-4
+# A group-relative advantage needs at least two scored completions to compare.
+MIN_SCORED_PER_GROUP = 2
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,10 @@ class Advantages:
     reward_std: float  # nanstd of the rewards over the batch (TRL: `reward_std`)
     # fraction of samples whose scaling std is ~0 (TRL: `frac_reward_zero_std`)
     frac_reward_zero_std: float
+    # (N,) bool: False for unscored completions and every member of a dropped group
+    trainable: torch.Tensor | None = None
+    unscored: int = 0  # completions with a NaN reward
+    dropped_groups: int = 0  # groups with fewer than MIN_SCORED_PER_GROUP scored completions
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -77,6 +86,10 @@ def group_advantages(
             f"scale_rewards={scale_rewards!r} is unknown: use one of {', '.join(SCALE_REWARDS)}"
         )
     rewards = rewards.float() if not rewards.is_floating_point() else rewards
+    logged = rewards
+    trainable, dropped = _trainable(rewards, num_generations)
+    # A dropped group's lone score must not enter the batch std either.
+    rewards = torch.where(trainable, rewards, torch.full_like(rewards, float("nan")))
     grouped = rewards.view(-1, num_generations)
     mean = torch.nanmean(grouped, dim=1).repeat_interleave(num_generations)
     if scale_rewards == "batch":
@@ -95,7 +108,20 @@ def group_advantages(
     zero_std = torch.isclose(std, torch.zeros_like(std))
     return Advantages(
         advantages=adv,
-        reward=torch.nanmean(rewards).item(),
-        reward_std=nanstd(rewards).item(),
+        # over every scored completion, a dropped group's too: what the policy earned
+        reward=torch.nanmean(logged).item(),
+        reward_std=nanstd(logged).item(),
         frac_reward_zero_std=zero_std.float().mean().item(),
+        trainable=trainable,
+        unscored=int(torch.isnan(logged).sum().item()),
+        dropped_groups=dropped,
     )
+
+
+def _trainable(rewards: torch.Tensor, num_generations: int) -> tuple[torch.Tensor, int]:
+    """(N,) mask of completions that train, and how many groups were dropped entirely."""
+    scored = ~torch.isnan(rewards).view(-1, num_generations)
+    need = min(MIN_SCORED_PER_GROUP, num_generations)  # G = 1 (eval-style calls) keeps its one
+    kept = scored.sum(dim=1) >= need
+    trainable = (scored & kept.unsqueeze(1)).reshape(-1)
+    return trainable, int((~kept).sum().item())

@@ -2,7 +2,8 @@
 
 Owns: `TrainBatch` (the tensors one trainer process trains on for one optimizer step), `collate`
 (prompts left-padded and completions right-padded, like TRL, so every completion starts at the
-same column) and `split_micro_batches`.
+same column), which completions count in the loss (`in_loss`, `loss_tokens`) and
+`split_micro_batches`.
 Does not know: models, losses, where samples come from, or how batches are spread over ranks.
 """
 
@@ -60,6 +61,16 @@ class TrainBatch:
         return replace(self, **moved)
 
 
+def in_loss(sample: ScoredSample, mask_truncated: bool) -> bool:
+    """Whether a completion's tokens count in the loss: trainable, and not a masked truncation."""
+    return sample.trainable and not (mask_truncated and sample.truncated)
+
+
+def loss_tokens(samples: list[ScoredSample], mask_truncated: bool) -> int:
+    """Loss tokens of `samples` (dapo's normaliser for the whole step)."""
+    return sum(len(s.completion_token_ids) for s in samples if in_loss(s, mask_truncated))
+
+
 def collate(
     samples: list[ScoredSample],
     pad_token_id: int,
@@ -71,6 +82,7 @@ def collate(
 
     `mask_truncated_completions`: truncated completions (finish_reason "length") get a zero
     completion mask and are not attended to, so they add nothing to the loss (TRL's semantics).
+    Samples that are not `trainable` are masked the same way.
     `pad_to_multiple_of`: round P and T up (fewer distinct shapes for kernels that care).
     """
     if not samples:
@@ -110,7 +122,7 @@ def collate(
                 [math.nan if x is None else float(x) for x in s.sampler_logprobs],
                 dtype=torch.float32,
             )
-            if not (mask_truncated_completions and s.truncated):
+            if in_loss(s, mask_truncated_completions):
                 comp_mask[i, :lc] = 1
     attention[:, p:] = comp_mask
     # Positions count real tokens only, so a left-padded prompt sees the positions vLLM used.

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from data.config import DataConfig
 from rewards.config import RewardPoolConfig
 from sampler.config import SamplerConfig
+from sampler.protocol import SamplingFields
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,14 @@ IGNORED_TRL_KEYS: dict[str, str] = {
     "vllm_gpu_memory_utilization": "set sampler.gpu_memory_utilization",
     "vllm_tensor_parallel_size": "set sampler.tensor_parallel_size",
     "ddp_timeout": "process groups use pipeline.dist_timeout_s",
+}
+# How to fix a sampling setting the sampler's request model (SamplingFields) refuses.
+SAMPLING_HINTS: dict[str, str] = {
+    "temperature": "the sampler accepts at most 100 (> 0 for GRPO)",
+    "top_p": "a fraction in (0, 1]",
+    "top_k": "null or 0 disables top-k (as does -1); else a positive k",
+    "min_p": "a fraction in [0, 1]; null disables it",
+    "repetition_penalty": "the sampler accepts (0, 10]; 1.0 disables it",
 }
 # Keys TRL's ModelConfig owns but seed-style configs put at top level: moved to the model section.
 MODEL_KEYS_IN_TRAINER = (
@@ -138,10 +147,10 @@ class GRPOSettings(BaseModel):
         description="Sampling temperature of training rollouts (> 0: GRPO needs diverse groups).",
     )
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of training rollouts.")
-    top_k: int | None = Field(None, description="null or 0: disabled.")
-    min_p: float | None = Field(None, description="Min-p sampling; null disables.")
+    top_k: int | None = Field(None, description="null, 0 or -1: disabled; else k >= 1.")
+    min_p: float | None = Field(None, description="Min-p sampling in [0, 1]; null disables.")
     repetition_penalty: float = Field(
-        1.0, gt=0, description="vLLM repetition penalty; 1.0 disables."
+        1.0, gt=0, description="vLLM repetition penalty in (0, 10]; 1.0 disables."
     )
     # GRPO objective
     beta: float = Field(
@@ -250,7 +259,22 @@ class GRPOSettings(BaseModel):
             )
         if self.bf16 and self.fp16:
             raise ValueError("trainer.bf16 and trainer.fp16 are both true: choose one")
+        self._check_sampling()
         return self
+
+    def _check_sampling(self) -> None:
+        """Rollout settings within the sampler's own request bounds (sampler/protocol.py), so a
+        bad value fails at load rather than at the first request after every service started."""
+        names = list(SAMPLING_HINTS)
+        try:
+            SamplingFields(**{k: getattr(self, k) for k in names})
+        except ValidationError as e:
+            bad = [
+                f"trainer.{err['loc'][0]}={err['input']!r} is refused by the sampler "
+                f"({err['msg'].lower()}): {SAMPLING_HINTS[str(err['loc'][0])]}"
+                for err in e.errors()
+            ]
+            raise ValueError("; ".join(bad)) from None
 
     @property
     def epsilon_upper(self) -> float:
@@ -315,7 +339,9 @@ class PipelineConfig(BaseModel):
         "the copy would cost device memory and nccl is fast).",
     )
     weight_sync_dir: str | None = Field(
-        None, description="Shared folder for the filesystem transport."
+        None,
+        description="Shared folder for the filesystem transport (default: output_dir/weight_sync). "
+        "The pusher deletes only the v<N> folders it wrote (they hold its marker file).",
     )
     weight_probe: bool = Field(
         True,
@@ -337,6 +363,21 @@ class PipelineConfig(BaseModel):
     )
     max_inflight_prompts: int | None = Field(
         None, ge=1, description="Prompts generating at once; default: 2 batches' worth."
+    )
+    max_failed_reward_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Stop the run when more than this fraction of the completions of the last "
+        "failed_reward_window steps got no valid reward from any reward function (failures, "
+        "timeouts, a dead pool, or None from every reward). Such completions never train "
+        "(metric rewards/failed_items); 1.0 never stops.",
+    )
+    failed_reward_window: int = Field(
+        5,
+        ge=1,
+        description="Steps over which max_failed_reward_fraction is measured (fewer at the start "
+        "of a run, so a pool that is dead from the start stops it at step 1).",
     )
     num_trainer_workers: int = Field(
         1, ge=1, description="Trainer processes (one per GPU; CPU: processes)."
@@ -421,7 +462,76 @@ class RunConfig(BaseModel):
                 f"pipeline.dispatch_ahead={ahead} is below pipeline.max_staleness="
                 f"{self.pipeline.max_staleness}: it must be at least max_staleness (or null)"
             )
+        problems = self._sampler_limit_problems()
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def _sampler_limit_problems(self) -> list[str]:
+        """What the trainer will ask of the samplers that their limits refuse (each names both
+        settings and the fix). The sampler checks these per request; here they fail at load."""
+        t, s, lim = self.trainer, self.sampler, self.sampler.limits
+        out = []
+        if t.num_generations > lim.max_n:
+            out.append(
+                f"trainer.num_generations={t.num_generations} exceeds sampler.limits.max_n="
+                f"{lim.max_n} (each rollout request asks for num_generations completions): lower "
+                "trainer.num_generations or raise sampler.limits.max_n"
+            )
+        if t.max_completion_length > lim.max_tokens:
+            out.append(
+                f"trainer.max_completion_length={t.max_completion_length} exceeds "
+                f"sampler.limits.max_tokens={lim.max_tokens}: lower trainer.max_completion_length "
+                "or raise sampler.limits.max_tokens"
+            )
+        if (
+            t.max_prompt_length
+            and lim.max_prompt_tokens
+            and t.max_prompt_length > lim.max_prompt_tokens
+        ):
+            out.append(
+                f"trainer.max_prompt_length={t.max_prompt_length} exceeds "
+                f"sampler.limits.max_prompt_tokens={lim.max_prompt_tokens}: lower "
+                "trainer.max_prompt_length or raise sampler.limits.max_prompt_tokens"
+            )
+        if s.max_model_len is not None:
+            out += self._context_problems(s.max_model_len)
+        evals = self.data.max_eval_examples
+        if self.data.eval_split and t.eval_steps and evals and evals > lim.max_prompts_per_request:
+            out.append(
+                f"data.max_eval_examples={evals} exceeds sampler.limits.max_prompts_per_request="
+                f"{lim.max_prompts_per_request} (an eval round can go to one replica as one "
+                "request): lower data.max_eval_examples or raise sampler.limits.max_prompts_per_request"
+            )
+        return out
+
+    def _context_problems(self, max_model_len: int) -> list[str]:
+        t = self.trainer
+        if t.max_prompt_length is None and t.max_completion_length >= max_model_len:
+            return [
+                f"trainer.max_completion_length={t.max_completion_length} leaves no room for a "
+                f"prompt in sampler.max_model_len={max_model_len}: lower "
+                "trainer.max_completion_length or raise sampler.max_model_len"
+            ]
+        if t.max_prompt_length and t.max_prompt_length + t.max_completion_length > max_model_len:
+            return [
+                f"trainer.max_prompt_length={t.max_prompt_length} + trainer.max_completion_length="
+                f"{t.max_completion_length} = {t.max_prompt_length + t.max_completion_length} "
+                f"exceeds sampler.max_model_len={max_model_len}: lower one of them or raise "
+                "sampler.max_model_len"
+            ]
+        return []
+
+    def prompt_token_budget(self, model_max_len: int | None) -> int | None:
+        """The longest prompt the samplers accept next to a full completion: the smaller of
+        sampler.limits.max_prompt_tokens and the context (sampler.max_model_len, else
+        `model_max_len`, the model's own) minus trainer.max_completion_length; None if unknown."""
+        context = self.sampler.max_model_len or model_max_len
+        bounds = [self.sampler.limits.max_prompt_tokens]
+        if context is not None:
+            bounds.append(context - self.trainer.max_completion_length)
+        known = [b for b in bounds if b is not None]
+        return min(known) if known else None
 
     @property
     def dispatch_ahead(self) -> int:

@@ -21,13 +21,13 @@ from typing import Any
 
 import yaml
 
+from trainer import checkpoints
+from trainer.batch import loss_tokens
 from trainer.config import ConfigError, RunConfig
 from trainer.orchestrator import Orchestrator, RolloutSettings, StepBatch
-from trainer.prompts import DataCursor, Prompt, load_examples, tokenize_prompts
+from trainer.prompts import DataCursor, Prompt, drop_overlong, load_examples, tokenize_prompts
 
 log = logging.getLogger("trainer")
-
-CKPT_PREFIX = "step-"
 
 
 def _sampler_args(config_file: Path, dtype: str, seed: int) -> list[str]:
@@ -43,13 +43,33 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    ckpts = [
-        p
-        for p in (output_dir / "checkpoints").glob(f"{CKPT_PREFIX}*")
-        if (p / "client_state.json").is_file()
-    ]
-    return max(ckpts, key=lambda p: int(p.name[len(CKPT_PREFIX) :]), default=None)
+# The config keys vLLM 0.32 derives a model's context length from (the smallest wins).
+CONTEXT_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "model_max_length",
+    "max_target_positions",
+    "max_sequence_length",
+    "max_seq_length",
+    "seq_len",
+)
+
+
+def model_context_length(model_dir: str | Path) -> int | None:
+    """The context length vLLM would serve the model folder with by default, as vLLM derives it
+    (the smallest length key; rope scaling ignored, so it errs short); None if unknown."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    cfg = cfg.get("text_config") or cfg
+    lengths = [int(cfg[k]) for k in CONTEXT_KEYS if isinstance(cfg.get(k), int)]
+    return min(lengths) if lengths else None
+
+
+def latest_checkpoint(output_dir: Path, world_size: int = 1) -> Path | None:
+    """The newest valid checkpoint of the run in `output_dir` (trainer.checkpoints.latest_valid:
+    corrupt newer ones skipped and logged; CheckpointError if every finished one is corrupt)."""
+    return checkpoints.latest_valid(output_dir / "checkpoints", world_size)
 
 
 def total_steps(cfg: RunConfig, num_prompts: int) -> int:
@@ -64,7 +84,12 @@ class Run:
         self.cfg = cfg
         self.out = Path(cfg.trainer.output_dir).resolve()
         # "auto": resume when a checkpoint exists (an Azure ML job retried by the platform)
-        self.resume = latest_checkpoint(self.out) is not None if resume == "auto" else bool(resume)
+        self.world_size = cfg.pipeline.num_trainer_workers
+        self.resume = (
+            latest_checkpoint(self.out, self.world_size) is not None
+            if resume == "auto"
+            else bool(resume)
+        )
         self.replicas: list[Any] = []
         self.workers: list[Any] = []
         self.scorer = None
@@ -76,6 +101,8 @@ class Run:
         self.overlap_push = False  # decided in start_trainers (needs to know about GPUs)
         # Where each role runs ({"sampler_replicas": [...], "trainer_ranks": [...]}).
         self.placement: dict[str, list[dict[str, Any]]] = {}
+        # Prompts dropped at load because the samplers would refuse them (per split).
+        self.prompts_dropped: dict[str, int] = {"train": 0, "eval": 0}
 
     # ------------------------------------------------------------------ preparation
     def prepare_model(self) -> str:
@@ -94,15 +121,26 @@ class Run:
             )
         return str(Path(m.name_or_path).resolve())
 
-    def prepare_prompts(self, tokenizer: Any) -> tuple[list[Prompt], list[Prompt]]:
-        d = self.cfg.data
-        train = tokenize_prompts(
-            load_examples(d, d.train_split), tokenizer, d, self.cfg.trainer.max_prompt_length
-        )
+    def prepare_prompts(self, tokenizer: Any, model_path: str) -> tuple[list[Prompt], list[Prompt]]:
+        """Train and eval prompts, without those the samplers would refuse (dropped here and
+        counted in `prompts_dropped`, so no request fails mid-run)."""
+        d, t = self.cfg.data, self.cfg.trainer
+        budget = self.cfg.prompt_token_budget(model_context_length(model_path))
+        train = tokenize_prompts(load_examples(d, d.train_split), tokenizer, d, t.max_prompt_length)
+        train, self.prompts_dropped["train"] = drop_overlong(train, budget, "train")
+        if not train:
+            raise ConfigError(
+                f"no training prompt fits in {budget} tokens (the samplers' context, "
+                f"sampler.max_model_len or the model's, minus trainer.max_completion_length="
+                f"{t.max_completion_length}, or sampler.limits.max_prompt_tokens): set "
+                "trainer.max_prompt_length to left-truncate prompts, lower "
+                "trainer.max_completion_length or raise sampler.max_model_len"
+            )
         evals: list[Prompt] = []
-        if d.eval_split and self.cfg.trainer.eval_steps:
+        if d.eval_split and t.eval_steps:
             ev = load_examples(d, d.eval_split)[: d.max_eval_examples]
-            evals = tokenize_prompts(ev, tokenizer, d, self.cfg.trainer.max_prompt_length)
+            evals = tokenize_prompts(ev, tokenizer, d, t.max_prompt_length)
+            evals, self.prompts_dropped["eval"] = drop_overlong(evals, budget, "eval")
         return train, evals
 
     def init_ray(self) -> None:
@@ -268,10 +306,7 @@ class Run:
         n = len(self.workers)
         per = len(batch.samples) // n
         shards = [(batch.samples[i * per : (i + 1) * per],) for i in range(n)]
-        mask_trunc = self.cfg.trainer.mask_truncated_completions
-        items = sum(
-            len(s.completion_token_ids) for s in batch.samples if not (mask_trunc and s.truncated)
-        )
+        items = loss_tokens(batch.samples, self.cfg.trainer.mask_truncated_completions)
         results = await self._all("train_step", per_rank=[(sh[0], items) for sh in shards])
         return results[0]
 
@@ -326,26 +361,31 @@ class Run:
 
     # ------------------------------------------------------------------ checkpoints
     async def save_checkpoint(self, step: int, batch: StepBatch, version: int) -> Path:
-        path = self.out / "checkpoints" / f"{CKPT_PREFIX}{step}"
+        root = self.out / "checkpoints"
+        path = root / f"{checkpoints.CKPT_PREFIX}{step}"
         state = {
             "step": step,
             "cursor": {**self.cursor.state_dict(), "position": batch.cursor_position},
             "version": version,
             "mlflow_run_id": self.tracker.run_id if self.tracker else None,
+            "world_size": self.world_size,
         }
-        await self._all("save_checkpoint", str(path), state)
-        (path / "client_state.json").write_text(
-            json.dumps(state)
-        )  # written last: marks it complete
-        limit = self.cfg.trainer.save_total_limit
-        if limit:
-            old = sorted(
-                (p for p in (self.out / "checkpoints").glob(f"{CKPT_PREFIX}*") if p != path),
-                key=lambda p: int(p.name[len(CKPT_PREFIX) :]),
-            )
-            for p in old[: max(0, len(old) - (limit - 1))]:
-                shutil.rmtree(p, ignore_errors=True)
+        # A folder of this step left by an unfinished or corrupt save (resume skipped it).
+        shutil.rmtree(path, ignore_errors=True)
+        await self._all("save_checkpoint", str(path), state)  # every rank fsyncs its files
+        checkpoints.write_marker(path, state)  # last, durably: marks it complete
+        if self.cfg.trainer.save_total_limit:
+            checkpoints.prune(root, self.cfg.trainer.save_total_limit, path)
         return path
+
+    def _check_world_size(self, ckpt: Path) -> None:
+        saved = checkpoints.read_marker(ckpt).get("world_size", self.world_size)
+        if saved != self.world_size:
+            raise ConfigError(
+                f"{ckpt} was saved by {saved} trainer ranks, this run has "
+                f"pipeline.num_trainer_workers={self.world_size}: resume with {saved} (each rank "
+                "restores its own optimizer shard and RNG state)"
+            )
 
     # ------------------------------------------------------------------ main
     async def run_async(self) -> int:
@@ -358,10 +398,12 @@ class Run:
 
         cfg, t = self.cfg, self.cfg.trainer
         self.out.mkdir(parents=True, exist_ok=True)
-        ckpt = latest_checkpoint(self.out) if self.resume else None
+        ckpt = latest_checkpoint(self.out, self.world_size) if self.resume else None
         if self.resume and ckpt is None:
             raise ConfigError(f"--resume: no complete checkpoint under {self.out / 'checkpoints'}")
-        if not self.resume and latest_checkpoint(self.out) is not None:
+        if ckpt is not None:
+            self._check_world_size(ckpt)
+        if not self.resume and latest_checkpoint(self.out, self.world_size) is not None:
             raise ConfigError(
                 f"trainer.output_dir {self.out} already holds checkpoints: pass --resume to continue "
                 "that run, or choose another output_dir"
@@ -375,7 +417,7 @@ class Run:
                 raise ConfigError(f"trainer.reward_funcs: {e}") from None
         model_path = self.prepare_model()
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        train_prompts, eval_prompts = self.prepare_prompts(tokenizer)
+        train_prompts, eval_prompts = self.prepare_prompts(tokenizer, model_path)
         steps = total_steps(cfg, len(train_prompts))
         self.cursor = DataCursor(len(train_prompts), t.seed, cfg.data.shuffle)
         dtype = cfg.sampler.dtype if cfg.sampler.dtype != "auto" else cfg.model.torch_dtype
@@ -426,7 +468,7 @@ class Run:
         start_step, version, run_id = 0, 0, None
         if ckpt is not None:
             states = await self._all("load_checkpoint", str(ckpt))
-            state = json.loads((ckpt / "client_state.json").read_text()) or states[0]
+            state = checkpoints.read_marker(ckpt) or states[0]
             start_step, version, run_id = (
                 state["step"],
                 state["version"],
@@ -463,6 +505,10 @@ class Run:
                     "num_trainer_workers": cfg.pipeline.num_trainer_workers,
                 }
             )
+        dropped = {
+            f"data/{k}_prompts_dropped_too_long": float(v) for k, v in self.prompts_dropped.items()
+        }
+        self.tracker.metrics(dropped, step=start_step)
         names = [reward_name(n) for n in t.reward_funcs]
         spec = SamplingSpec(
             max_tokens=t.max_completion_length,
@@ -483,6 +529,8 @@ class Run:
             names,
             steps,
             cfg.dispatch_ahead,
+            cfg.pipeline.max_failed_reward_fraction,
+            cfg.pipeline.failed_reward_window,
         )
         self.orch = Orchestrator(
             train_prompts, self.cursor, self.client, self.scorer, settings, start_step, version

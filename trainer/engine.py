@@ -21,12 +21,11 @@ from typing import Any
 import torch
 
 from trainer.batch import TrainBatch, split_micro_batches
+from trainer.checkpoints import ENGINE_TAG, RNG_FILE, fsync_tree
 from trainer.config import GRPOSettings, ModelConfig
 from trainer.loss import completion_logps, grpo_loss, importance_sampling_ratio
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_RNG_FILE = "rng_state_rank{rank}.pt"
-_CKPT_TAG = "state"
 _LORA_PREFIX = "base_model.model."
 
 
@@ -482,42 +481,73 @@ class PolicyEngine:
         import torch.distributed as dist
 
         state = {"client_state": dict(client_state), "engine_step": self._step}
-        self.engine.save_checkpoint(path, tag=_CKPT_TAG, client_state=state)
-        rng = {
-            "python": random.getstate(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
-        try:
-            import numpy as np
-
-            rng["numpy"] = np.random.get_state()
-        except ImportError:  # numpy is optional for the engine itself
-            pass
-        torch.save(rng, os.path.join(path, _RNG_FILE.format(rank=self.rank)))
+        self.engine.save_checkpoint(path, tag=ENGINE_TAG, client_state=state)
+        save_rng_state(path, self.rank)
         dist.barrier()
+        # Every file on disk before the driver writes the completion marker (which it does once
+        # every rank returned): after a crash the marker never points at data still in caches.
+        fsync_tree(path)
 
     def load_checkpoint(self, path: str) -> dict[str, Any]:
         """Restore everything save_checkpoint wrote; returns its `client_state`. Collective."""
-        if not os.path.isdir(os.path.join(path, _CKPT_TAG)):
+        if not os.path.isdir(os.path.join(path, ENGINE_TAG)):
             raise FileNotFoundError(
-                f"no engine checkpoint in {path} (expected the folder {path}/{_CKPT_TAG})"
+                f"no engine checkpoint in {path} (expected the folder {path}/{ENGINE_TAG})"
             )
         load_path, state = self.engine.load_checkpoint(
-            path, tag=_CKPT_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+            path, tag=ENGINE_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
         )
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path}")
         self._step = int(state["engine_step"])
-        rng_file = os.path.join(path, _RNG_FILE.format(rank=self.rank))
-        if os.path.isfile(rng_file):
-            rng = torch.load(rng_file, weights_only=False)
-            random.setstate(rng["python"])
-            torch.set_rng_state(rng["torch"])
-            if rng.get("cuda") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            if "numpy" in rng:
-                import numpy as np
-
-                np.random.set_state(rng["numpy"])
+        load_rng_state(path, self.rank)
         return dict(state["client_state"])
+
+
+def save_rng_state(path: str, rank: int) -> None:
+    """This process's Python, torch, CUDA and numpy RNG states, as `path`'s file of `rank`."""
+    rng: dict[str, Any] = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    try:
+        import numpy as np
+
+        rng["numpy"] = np.random.get_state()
+    except ImportError:  # numpy is optional for the engine itself
+        pass
+    torch.save(rng, os.path.join(path, RNG_FILE.format(rank=rank)))
+
+
+def _numpy_globals() -> list[Any]:
+    """What numpy's RNG state (an ndarray) needs from a weights_only torch.load."""
+    try:
+        import numpy as np
+    except ImportError:
+        return []
+    core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_rng_state(path: str, rank: int) -> None:
+    """Restore what save_rng_state wrote; FileNotFoundError if `rank` has no file there (resuming
+    without it would silently change every later random draw)."""
+    rng_file = os.path.join(path, RNG_FILE.format(rank=rank))
+    if not os.path.isfile(rng_file):
+        raise FileNotFoundError(
+            f"{rng_file} is missing: trainer rank {rank} cannot restore its RNG state; resume "
+            "with the pipeline.num_trainer_workers the checkpoint was saved with, or from another "
+            "checkpoint"
+        )
+    # weights_only: unpickling only tensors, containers and numpy's state, never arbitrary code.
+    with torch.serialization.safe_globals(_numpy_globals()):
+        rng = torch.load(rng_file, weights_only=True)
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    if "numpy" in rng:
+        import numpy as np
+
+        np.random.set_state(rng["numpy"])

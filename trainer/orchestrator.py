@@ -3,7 +3,8 @@
 Owns: which prompts are generated when (the bounded-staleness gate), sending each finished group
 to the reward scorer as soon as it completes, assembling step batches strictly in data-cursor order
 (so async runs and resumed runs train a deterministic prompt sequence), dropping and re-issuing
-groups that are too stale, optional zero-variance filtering with over-sampling, and the counters.
+groups that are too stale, optional zero-variance filtering with over-sampling, the counters, and
+stopping the run when too many completions stay unscored (`UnscoredGuard`).
 Does not know: HTTP, Ray, DeepSpeed: it receives a sampler client and a reward scorer.
 
 Versions: the samplers start at version 0; after optimizer step s (0-based) is pushed they serve
@@ -18,7 +19,7 @@ import asyncio
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,36 @@ class RolloutSettings:
     reward_names: list[str] = field(default_factory=list)
     total_steps: int | None = None  # stop dispatching after this many steps
     dispatch_ahead: int | None = None  # default max_staleness
+    max_failed_reward_fraction: float = 0.5  # pipeline.max_failed_reward_fraction
+    failed_reward_window: int = 5  # pipeline.failed_reward_window
+
+
+class UnscoredGuard:
+    """Stops the run when the fraction of unscored completions (no reward gave a value) over the
+    last `window` steps (fewer at the start) exceeds `max_fraction`: a dead reward pool must not
+    keep a run going on nothing. Fed in step order."""
+
+    def __init__(self, max_fraction: float, window: int) -> None:
+        self.max_fraction = max_fraction
+        self.window = window
+        self._steps: deque[tuple[int, int, int]] = deque(maxlen=window)  # (step, unscored, total)
+
+    def add(self, step: int, unscored: int, total: int, failures: dict[str, int]) -> None:
+        """Record `step`; RuntimeError naming the setting if the window's fraction is too high."""
+        self._steps.append((step, unscored, total))
+        bad = sum(u for _, u, _ in self._steps)
+        seen = sum(n for _, _, n in self._steps)
+        if not seen or bad / seen <= self.max_fraction:
+            return
+        first, last = self._steps[0][0] + 1, self._steps[-1][0] + 1
+        per_reward = ", ".join(f"{k}: {v}" for k, v in sorted(failures.items())) or "none"
+        raise RuntimeError(
+            f"rewards: {bad} of {seen} completions ({bad / seen:.0%}) of steps {first}-{last} got "
+            f"no valid reward from any reward function, above pipeline.max_failed_reward_fraction="
+            f"{self.max_fraction} over pipeline.failed_reward_window={self.window} steps "
+            f"(failures so far per reward: {per_reward}). Check the reward pool (the log names the "
+            "first failing item of each batch) or raise pipeline.max_failed_reward_fraction"
+        )
 
 
 class Orchestrator:
@@ -103,6 +134,9 @@ class Orchestrator:
         self._reward_failures: Counter[str] = Counter()
         self._end_positions: dict[int, int] = {}
         self._failure: BaseException | None = None
+        self._guard = UnscoredGuard(
+            settings.max_failed_reward_fraction, settings.failed_reward_window
+        )
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -127,6 +161,8 @@ class Orchestrator:
         """The scored batch of `step`; raises if its rollout (or the dispatcher) failed."""
         batch = await self._future(step)
         self._ready.pop(step, None)
+        unscored = int(batch.metrics["rewards/failed_items"])
+        self._guard.add(step, unscored, len(batch.samples), dict(self._reward_failures))
         return batch
 
     def _future(self, step: int) -> asyncio.Future:
@@ -262,8 +298,8 @@ class Orchestrator:
                     sampler_logprobs=list(c.logprobs),
                     finish_reason=c.finish_reason,
                     policy_version=res.policy_version,
-                    # NaN (no reward function could score it): left out of its group's baseline, advantage 0
-                    reward=float("nan") if total is None else float(total),
+                    # NaN (no reward function could score it): left out of training (_assemble)
+                    reward=float(total),
                     rewards_per_func={k: v[i] for k, v in batch.per_func.items()},
                     completion_text=c.text,
                 )
@@ -274,9 +310,14 @@ class Orchestrator:
         samples = [s for g in groups for s in g.samples]
         rewards = torch.tensor([s.reward for s in samples], dtype=torch.float32)
         adv = group_advantages(rewards, self.s.num_generations, self.s.scale_rewards)
-        for s, a in zip(samples, adv.advantages.tolist(), strict=True):
-            s.advantage = a
+        for s, a, keep in zip(
+            samples, adv.advantages.tolist(), adv.trainable.tolist(), strict=True
+        ):
+            s.advantage, s.trainable = a, keep
+        self.counters["unscored_groups_dropped"] += adv.dropped_groups
         metrics = dict(adv.metrics())
+        metrics["rewards/failed_items"] = float(adv.unscored)
+        metrics["rewards/failed_fraction"] = adv.unscored / len(samples)
         for name in self.s.reward_names:
             vals = [s.rewards_per_func.get(name) for s in samples]
             vals = [v for v in vals if v is not None and not math.isnan(v)]

@@ -1,6 +1,7 @@
 """Prompts for training and eval: rows -> tokenized chat prompts, and the resumable data cursor.
 
-Owns: turning `data` rows into `Prompt`s (chat template, left-truncation to max_prompt_length) and
+Owns: turning `data` rows into `Prompt`s (chat template, left-truncation to max_prompt_length),
+dropping prompts the sampler would refuse (`drop_overlong`, at load, never mid-run) and
 `DataCursor`, the deterministic, seeded order of training prompts whose state is part of every
 checkpoint (so a resumed run trains exactly the prompts an uninterrupted run would have).
 Does not know: sampling, rewards, training.
@@ -69,6 +70,28 @@ def tokenize_prompts(
             max_prompt_length,
         )
     return out
+
+
+def drop_overlong(
+    prompts: list[Prompt], max_tokens: int | None, split: str
+) -> tuple[list[Prompt], int]:
+    """(prompts of at most `max_tokens` tokens, how many were dropped); logged with the limit."""
+    if max_tokens is None:
+        return prompts, 0
+    kept = [p for p in prompts if len(p.token_ids) <= max_tokens]
+    dropped = len(prompts) - len(kept)
+    if dropped:
+        log.warning(
+            "%d of %d %s prompts are longer than %d tokens, the largest prompt the sampler "
+            "accepts with trainer.max_completion_length, and were dropped (set "
+            "trainer.max_prompt_length to left-truncate them instead); first: %s",
+            dropped,
+            len(prompts),
+            split,
+            max_tokens,
+            next(p.id for p in prompts if len(p.token_ids) > max_tokens),
+        )
+    return kept, dropped
 
 
 class DataCursor:

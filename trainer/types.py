@@ -24,6 +24,9 @@ class ScoredSample:
     rewards_per_func: dict[str, float | None] = field(default_factory=dict)
     advantage: float = 0.0
     completion_text: str = ""
+    # False: no reward scored it, or its group had too few scored completions (trainer.advantages);
+    # it stays in the batch (shapes and data order unchanged) with no loss tokens.
+    trainable: bool = True
 
     @property
     def truncated(self) -> bool:

@@ -248,6 +248,11 @@ def _unbatch(batch, pad: int) -> list:
 def test_engine_zero(tiny_model_dir, tmp_path, stage, beta):
     results = _run(tiny_model_dir, tmp_path, stage, beta=beta)
     _check(results, tmp_path, use_peft=False, beta=beta)
+    # DeepSpeed's real files pass the resume checks (whole torch zips, both ranks' RNG files).
+    from trainer.checkpoints import problems, write_marker
+
+    write_marker(tmp_path / "ckpt", {"step": 1, "cursor": {}, "version": 1, "world_size": 2})
+    assert problems(tmp_path / "ckpt", world_size=2) == []
     if stage == 2:
         # The loss is normalised per world size like TRL's (DeepSpeed averages gradients over ranks):
         # one process on the union of both shares takes the same step.

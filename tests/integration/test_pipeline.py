@@ -219,6 +219,29 @@ def test_kill_and_resume_trains_the_same_prompts(tmp_path):
     assert steps == list(range(1, 9))
 
 
+def test_resume_skips_a_truncated_newest_checkpoint(tmp_path):
+    """The newest checkpoint's engine file cut in half (a crash while it was flushed, a bad copy):
+    --resume logs that it skipped it and why, and continues from the previous one."""
+    out = tmp_path / "run"
+    sets = (
+        "trainer.save_steps=1",
+        "trainer.eval_steps=null",
+        "trainer.save_total_limit=null",
+        "mlflow.log_model=false",
+    )
+    _run(out, "trainer.max_steps=2", *sets)
+    [model_file] = (out / "checkpoints" / "step-2" / "state").glob("*model_states.pt")
+    model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])
+    proc = _run(out, "trainer.max_steps=3", *sets, resume=True)
+    log = proc.stdout + proc.stderr
+    assert "step-2 skipped" in log and model_file.name in log
+    assert "resumed from " + str(out / "checkpoints" / "step-1") in log
+    trained = _jsonl(out / "trained_prompts.jsonl")
+    assert [r["step"] for r in trained] == [0, 1, 2]  # step 1 (0-based) trained again
+    ids = [i for r in trained for i in r["prompt_ids"]]
+    assert ids == _expected_prompt_ids(3, 4)
+
+
 def test_sampler_replica_killed_mid_run(tmp_path):
     """Chaos: SIGKILL one of two sampler replicas mid-run. The run finishes, the replica comes back with
     the current version, the trained prompt ids show no loss or duplicate."""

@@ -75,3 +75,18 @@ def test_properties(g, groups, values, shift):
     assert out.advantages.view(groups, g).sum(1).abs().max() < 1e-6
     shifted = group_advantages(r + shift, g, "group")
     torch.testing.assert_close(shifted.advantages, out.advantages, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_a_group_with_fewer_than_two_scored_rewards_is_dropped(scale):
+    nan = math.nan
+    out = group_advantages(torch.tensor([1.0, nan, 3.0, 2.0, nan, 5.0, nan, nan]), 4, scale)
+    assert out.trainable.tolist() == [True, False, True, True] + [False] * 4
+    assert out.dropped_groups == 1 and out.unscored == 4
+    assert out.advantages[5] == 0.0  # the lone scored reward of the dropped group
+    if scale == "batch":  # the dropped group's 5.0 stays out of the batch std as well
+        kept = torch.tensor([1.0, 3.0, 2.0])
+        torch.testing.assert_close(
+            out.advantages[[0, 2, 3]], torch.tensor([-1.0, 1.0, 0.0]) / (kept.std() + STD_EPS)
+        )
+    assert out.reward == pytest.approx(11 / 4)  # logged over every scored completion

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainer.batch import collate, split_micro_batches
+from trainer.batch import collate, loss_tokens, split_micro_batches
 from trainer.types import ScoredSample
 
 PAD = 0
@@ -84,3 +84,13 @@ def test_bad_samples_name_the_problem():
         collate([bad], PAD)
     with pytest.raises(ValueError, match="empty prompt_token_ids"):
         collate([_s("y", [], [8])], PAD)
+
+
+def test_untrainable_samples_get_no_loss_tokens():
+    left_out = _s("b", [5], [10, 11])
+    left_out.trainable = False
+    b = collate([_s("a", [5], [8, 9]), left_out], PAD)
+    assert b.completion_mask.tolist() == [[1, 1], [0, 0]]
+    assert b.attention_mask[1].tolist() == [1, 0, 0]
+    assert b.num_loss_tokens == 2
+    assert loss_tokens([_s("a", [5], [8, 9]), left_out], mask_truncated=False) == 2

@@ -146,3 +146,82 @@ def test_every_field_is_documented():
 
     walk(RunConfig, "")
     assert not missing, f"config fields without a description=: {missing}"
+
+
+@pytest.mark.parametrize(
+    "sections, names",
+    [
+        (
+            {"trainer": {"max_completion_length": 100000}},
+            ["trainer.max_completion_length=100000", "sampler.limits.max_tokens=8192"],
+        ),
+        (
+            {"trainer": {"num_generations": 128, "per_device_train_batch_size": 128}},
+            ["trainer.num_generations=128", "sampler.limits.max_n=64"],
+        ),
+        (
+            {
+                "trainer": {"max_prompt_length": 600},
+                "sampler": {"limits": {"max_prompt_tokens": 500}},
+            },
+            ["trainer.max_prompt_length=600", "sampler.limits.max_prompt_tokens=500"],
+        ),
+        (
+            {
+                "trainer": {"max_prompt_length": 400, "max_completion_length": 200},
+                "sampler": {"max_model_len": 512},
+            },
+            [
+                "trainer.max_prompt_length=400",
+                "trainer.max_completion_length=200",
+                "sampler.max_model_len=512",
+            ],
+        ),
+        (
+            {
+                "trainer": {"max_prompt_length": None, "max_completion_length": 512},
+                "sampler": {"max_model_len": 512},
+            },
+            ["trainer.max_completion_length=512", "sampler.max_model_len=512"],
+        ),
+        (
+            {"trainer": {"eval_steps": 5}, "data": {"max_eval_examples": 600}},
+            ["data.max_eval_examples=600", "sampler.limits.max_prompts_per_request=512"],
+        ),
+    ],
+)
+def test_trainer_requests_must_fit_the_sampler_limits(sections, names):
+    with pytest.raises(ConfigError) as err:
+        parse_config(sections)
+    msg = str(err.value)
+    for name in names:
+        assert name in msg, msg
+    assert "lower" in msg or "raise" in msg  # says the fix
+
+
+@pytest.mark.parametrize(
+    "key, value, hint",
+    [
+        ("top_k", -5, "null or 0 disables top-k"),
+        ("min_p", 3, "a fraction in [0, 1]"),
+        ("repetition_penalty", 11, "1.0 disables it"),
+        ("temperature", 101, "the sampler accepts at most 100"),
+    ],
+)
+def test_sampling_settings_outside_the_samplers_bounds_fail_at_load(key, value, hint):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"trainer": {key: value}})
+    msg = str(err.value)
+    assert f"trainer.{key}" in msg and hint in msg, msg
+
+
+def test_sampling_settings_the_sampler_accepts_load():
+    cfg = parse_config({"trainer": {"top_k": -1, "min_p": 0.05, "repetition_penalty": 1.1}})
+    assert cfg.trainer.top_k == -1
+    cfg = parse_config(
+        {
+            "trainer": {"max_prompt_length": 384, "max_completion_length": 128},
+            "sampler": {"max_model_len": 512},
+        }
+    )
+    assert cfg.prompt_token_budget(None) == 384

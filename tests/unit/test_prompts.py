@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from data.config import DataConfig
-from trainer.prompts import DataCursor, load_examples, tokenize_prompts
+from trainer.prompts import DataCursor, drop_overlong, load_examples, tokenize_prompts
 
 
 def test_cursor_resume_continues_the_same_sequence():
@@ -60,3 +60,21 @@ def test_jsonl_examples(medmcqa_dir):
     )
     assert len(load_examples(cfg, "train")) == 5
     assert len(load_examples(cfg, "validation")) == 50
+
+
+def test_prompts_the_sampler_would_refuse_are_dropped_at_load(tiny_model_dir, caplog):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = DataConfig(source="charclass", num_train_examples=6)
+    examples = load_examples(cfg, "train")
+    full = tokenize_prompts(examples, tok, cfg, None)
+    budget = sorted(len(p.token_ids) for p in full)[2]
+    kept, dropped = drop_overlong(full, budget, "train")
+    fits = [p for p in full if len(p.token_ids) <= budget]
+    assert [p.id for p in kept] == [p.id for p in fits] and 0 < dropped == 6 - len(fits)
+    assert f"{dropped} of 6 train prompts" in caplog.text and f"{budget} tokens" in caplog.text
+    # left-truncation to max_prompt_length comes first, so with it nothing needs dropping
+    short = tokenize_prompts(examples, tok, cfg, budget)
+    assert drop_overlong(short, budget, "train") == (short, 0)
+    assert drop_overlong(full, None, "train") == (full, 0)

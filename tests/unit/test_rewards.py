@@ -252,7 +252,7 @@ def test_registry_errors_and_names() -> None:
 
 
 def test_combine_follows_trl_nansum() -> None:
-    per = {"a": [1.0, None, None, 0.5], "b": [1.0, 2.0, None, math.nan]}
+    per = {"a": [1.0, None, 0.0, 0.5], "b": [1.0, 2.0, None, math.nan]}
     assert combine(per, {"a": 2.0, "b": -1.0}) == [1.0, -2.0, 0.0, 1.0]
 
 
@@ -389,3 +389,15 @@ def test_batch_metrics_follow_trl_names() -> None:
     assert m["rewards/a/mean"] == 2.0 and m["rewards/a/std"] == pytest.approx(math.sqrt(2.0))
     assert m["rewards/a/failures"] == 1.0
     assert math.isnan(m["rewards/b/mean"]) and math.isnan(m["rewards/b/std"])
+
+
+def test_an_item_no_reward_scores_is_nan_not_zero(caplog: pytest.LogCaptureFixture) -> None:
+    # TRL 1.16 marks such rows NaN too (unscorable_mask): 0.0 would enter the group's baseline
+    per = {"a": [None, 1.0, math.nan], "b": [math.nan, None, None]}
+    total = combine(per, {"a": 1.0, "b": 1.0})
+    assert math.isnan(total[0]) and total[1] == 1.0 and math.isnan(total[2])
+    scorer = make_scorer([f"{__name__}:_reward_poison"], None, RewardPoolConfig(use_ray=False))
+    batch = scorer.score(["", ""], ["poison", "ok"], {"id": ["x", "y"]})
+    assert math.isnan(batch.total[0]) and batch.total[1] == 2.0
+    assert batch.unscored == 1
+    assert "left out of training" in caplog.text
