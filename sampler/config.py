@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The bearer tokens among SamplerConfig's fields: never echoed in errors, files or MLflow.
+SECRET_FIELDS = ("api_key", "admin_key", "trainer_key")
+
 
 class SamplerLimits(BaseModel):
     """Per-request bounds; a request over a bound gets a 4xx that names it."""
@@ -52,6 +55,13 @@ class SamplerConfig(BaseModel):
     admin_key: str | None = Field(
         None,
         description="Bearer token for admin (weight update) routes; generated per run if null.",
+    )
+    trainer_key: str | None = Field(
+        None,
+        description="Bearer token for the trainer's routes (/generate, /logprobs); generated per "
+        "run for launched replicas (never written to disk). A standalone server without one "
+        "accepts api_key there. With external_urls: the servers' trainer key (or "
+        "SAMPLER_TRAINER_KEY); default api_key.",
     )
     tensor_parallel_size: int = Field(
         1, ge=1, description="GPUs per replica (vLLM tensor parallelism)."

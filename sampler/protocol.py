@@ -153,11 +153,12 @@ class GlooUpdateRequest(_Strict):
         le=3600,
         description="Limit on reaching the trainer's store (default timeout_s).",
     )
-    session: str | None = Field(
-        None,
-        min_length=1,
+    session: str = Field(
+        ...,
+        min_length=32,
         max_length=64,
-        description="Trainer's id of the group (kept across updates).",
+        description="The trainer's secret id of the group (kept across updates): the group's keys "
+        "live under it in the trainer's store, so only a holder of the admin key can join.",
     )
     new_group: bool = Field(True, description="Join a new group (else reuse the session's group).")
 

@@ -112,7 +112,8 @@ class SamplerService:
         try:
             await self.engine.check_health()
         except Exception as e:
-            raise RequestError(503, f"engine is not healthy: {e}") from e
+            log.warning("engine health check failed: %s", e)
+            raise RequestError(503, "engine is not healthy (see the server log)") from e
 
     # ------------------------------------------------------------------ admission gate
     async def _enter(self) -> int:

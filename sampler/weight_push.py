@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import shutil
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -160,7 +160,8 @@ class DistWeightPusher(WeightPusher):
                 self._sessions.pop(u, None)
                 world = 1 + int(h.get("workers", 1))
                 store = dist.TCPStore(addrs[u], 0, world, is_master=True, wait_for_workers=False)
-                plan[u] = (uuid.uuid4().hex, store, True)
+                # The session id is the group's secret (see weight_sync.make_group).
+                plan[u] = (secrets.token_hex(16), store, True)
                 worlds[u] = world
         http = {
             u: asyncio.create_task(
@@ -195,6 +196,7 @@ class DistWeightPusher(WeightPusher):
                     self.timeout_s,
                     store,
                     world_size=worlds[u],
+                    secret=plan[u][0],
                 )
             )
             done, _ = await asyncio.wait({grp, http[u]}, return_when=asyncio.FIRST_COMPLETED)
