@@ -189,7 +189,7 @@ def build_app(
 ) -> FastAPI:
     """The replica's app. Pass a ready `service`, or `start` (awaited at startup, in the server's
     event loop, which vLLM's async engine needs) and optionally `stop` (awaited at shutdown).
-    The interactive docs (/docs, /openapi.json) exist only on a server without an api key."""
+    The interactive docs (/docs, /openapi.json) need the api key like the routes they describe."""
     if (service is None) == (start is None):
         raise ValueError("build_app needs exactly one of service= or start=")
 
@@ -205,8 +205,7 @@ def build_app(
                 await stop(app.state.service)
 
     keys = Keys(api=api_key, trainer=trainer_key, admin=admin_key)
-    docs = {} if api_key is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
-    app = FastAPI(title="GRPO sampler", version="1", lifespan=lifespan, **docs)
+    app = FastAPI(title="GRPO sampler", version="1", lifespan=lifespan)
     if service is not None:
         app.state.service = service
         app.state.openai = OpenAIHandler(service)

@@ -26,6 +26,13 @@ class SamplerLimits(BaseModel):
         None, ge=1, description="Largest prompt in tokens; default: the model's context length."
     )
     max_body_bytes: int = Field(16 << 20, ge=1024, description="Largest request body in bytes.")
+    max_public_inflight: int = Field(
+        16,
+        ge=1,
+        description="Requests on the public OpenAI routes (/v1/*) a replica runs at once; more get "
+        "429 (retry later). The trainer's routes have no such bound: a person trying the live "
+        "policy must not be able to fill the engine the trainer needs.",
+    )
 
 
 class SamplerConfig(BaseModel):
@@ -103,6 +110,13 @@ class SamplerConfig(BaseModel):
         "processed_logprobs",
         description="Which logprobs vLLM returns: after temperature/top-k/top-p (TRL's choice: unbiased "
         "importance sampling) or of the raw model logits.",
+    )
+    public_drain_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        description="How long a weight update waits for public (/v1/*) requests before it aborts "
+        "them: non-streamed ones re-run on the new weights (labelled with it), streams end with a "
+        "503 error event. The trainer's requests get update_drain_timeout_s.",
     )
     update_drain_timeout_s: float = Field(
         60,

@@ -31,6 +31,9 @@ class SamplingFields(_Strict):
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     n: int = Field(1, ge=1, description="Completions per prompt (bounded by the server's max_n).")
+    ignore_eos: bool = Field(
+        False, description="Generate max_tokens tokens whatever the model says (vLLM's extension)."
+    )
 
     @model_validator(mode="after")
     def _greedy_single(self) -> SamplingFields:
