@@ -149,6 +149,11 @@ class GlooUpdateRequest(_Strict):
     master_port: int = Field(..., ge=1, le=65535)
     backend: Literal["gloo", "nccl"] = "gloo"
     version: int | None = Field(None, ge=0, description="New version; default: current + 1.")
+    reset_version: bool = Field(
+        False,
+        description="A new trainer session takes over (a resume, a restarted trainer): accept a "
+        "version that is not newer than the served one. Without it such a version gets 409.",
+    )
     timeout_s: float | None = Field(None, gt=0, le=3600)
     connect_timeout_s: float | None = Field(
         None,
@@ -171,6 +176,11 @@ class PathUpdateRequest(_Strict):
 
     path: str = Field(..., min_length=1)
     version: int | None = Field(None, ge=0, description="New version; default: current + 1.")
+    reset_version: bool = Field(
+        False,
+        description="A new trainer session takes over (a resume, a restarted trainer): accept a "
+        "version that is not newer than the served one. Without it such a version gets 409.",
+    )
 
 
 class UpdateResponse(BaseModel):

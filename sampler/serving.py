@@ -427,6 +427,7 @@ class SamplerService:
         return await self._update(
             req.backend,
             req.version,
+            req.reset_version,
             lambda: self.engine.collective_rpc("sampler_receive_weights", kwargs=kwargs),
         )
 
@@ -440,15 +441,20 @@ class SamplerService:
         return await self._update(
             "filesystem",
             req.version,
+            req.reset_version,
             lambda: self.engine.collective_rpc("sampler_load_path", kwargs={"path": req.path}),
         )
 
     async def _update(
-        self, transport: str, version: int | None, load: Callable[[], Awaitable[list[dict]]]
+        self,
+        transport: str,
+        version: int | None,
+        reset: bool,
+        load: Callable[[], Awaitable[list[dict]]],
     ) -> UpdateResponse:
         async with self._update_lock:
             new_version = self.version + 1 if version is None else version
-            if new_version <= self.version and not self.broken:
+            if new_version <= self.version and not self.broken and not reset:
                 raise RequestError(
                     409,
                     f"version {new_version} is not newer than the served version {self.version}",

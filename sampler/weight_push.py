@@ -34,7 +34,8 @@ class WeightPushError(RuntimeError):
 
 
 class WeightPusher:
-    """Sends a full set of weights to replicas, which then serve `version`."""
+    """Sends a full set of weights to replicas, which then serve `version` (`reset`: even if it
+    is not newer than what they serve: a new trainer session taking over)."""
 
     last_failed: dict[str, str]
 
@@ -43,6 +44,7 @@ class WeightPusher:
         named_tensors: Iterable[tuple[str, torch.Tensor]],
         version: int,
         urls: list[str] | None = None,
+        reset: bool = False,
     ) -> dict[str, float]:
         raise NotImplementedError
 
@@ -130,6 +132,7 @@ class DistWeightPusher(WeightPusher):
         named_tensors: Iterable[tuple[str, torch.Tensor]],
         version: int,
         urls: list[str] | None = None,
+        reset: bool = False,
     ) -> dict[str, float]:
         import torch.distributed as dist
 
@@ -177,6 +180,7 @@ class DistWeightPusher(WeightPusher):
                         "connect_timeout_s": self.connect_timeout_s,
                         "session": session,
                         "new_group": new,
+                        "reset_version": reset,
                     },
                     self.timeout_s * 4,
                 )
@@ -383,6 +387,7 @@ class FilesystemWeightPusher(WeightPusher):
         named_tensors: Iterable[tuple[str, torch.Tensor]],
         version: int,
         urls: list[str] | None = None,
+        reset: bool = False,
     ) -> dict[str, float]:
         urls = [u.rstrip("/") for u in (urls or self.client.urls)]
         t0 = time.perf_counter()
@@ -396,7 +401,7 @@ class FilesystemWeightPusher(WeightPusher):
                 self.client.admin_post(
                     u,
                     "/admin/weights/path",
-                    {"path": str(folder), "version": version},
+                    {"path": str(folder), "version": version, "reset_version": reset},
                     self.timeout_s,
                 )
                 for u in urls

@@ -306,7 +306,11 @@ class Run:
         return results[0]
 
     async def push(
-        self, version: int, urls: list[str] | None = None, background: bool = False
+        self,
+        version: int,
+        urls: list[str] | None = None,
+        background: bool = False,
+        reset: bool = False,
     ) -> dict[str, float]:
         """Send the trainer's weights as `version`; the orchestrator learns it once they are live.
 
@@ -315,7 +319,7 @@ class Run:
         """
         previous = await self.finish_push()
         bucket = self.cfg.pipeline.weight_sync_bucket_mb << 20
-        res = await self._all("push_weights", version, bucket, urls, background)
+        res = await self._all("push_weights", version, bucket, urls, background, reset)
         # A resync of restarted replicas (`urls`) changes no version: the others already serve it.
         if urls is None and background:
             self._pending_push = asyncio.create_task(self._live_after_push(version))
@@ -462,14 +466,13 @@ class Run:
                 state.get("mlflow_run_id"),
             )
             self.cursor.load_state_dict(state["cursor"])
-            await self.push(
-                version
-            )  # the samplers serve the checkpoint's weights before any rollout
+            # The samplers serve the checkpoint's weights before any rollout; external ones may
+            # serve a newer version of the session that died: this session takes over.
+            await self.push(version, reset=True)
             log.info("resumed from %s: step %d, policy version %d", ckpt, start_step, version)
         elif cfg.sampler.external_urls:
-            await self.push(
-                version
-            )  # external samplers start from the trainer's weights, not their own
+            # external samplers start from the trainer's weights, not their own
+            await self.push(version, reset=True)
         else:  # launched replicas loaded the trainer's checkpoint: prove it
             await self._all("check_weights", version)
         self._truncate_logs(start_step)

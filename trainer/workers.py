@@ -241,6 +241,7 @@ class TrainerWorker:
         bucket_bytes: int,
         urls: list[str] | None = None,
         background: bool = False,
+        reset: bool = False,
     ) -> dict[str, float]:
         """Collective: every rank walks the (ZeRO-gathered) parameters; rank 0 sends them.
 
@@ -260,7 +261,9 @@ class TrainerWorker:
         previous = self.finish_push()
         t0 = time.perf_counter()
         if not background:
-            stats = self._loop.run_until_complete(self.pusher.push(it, version, urls=urls))
+            stats = self._loop.run_until_complete(
+                self.pusher.push(it, version, urls=urls, reset=reset)
+            )
             metrics = _push_metrics(stats, time.perf_counter() - t0)
             return {**previous, **metrics, **self._probe(ref, version, urls)}
         import threading
@@ -273,7 +276,7 @@ class TrainerWorker:
             t1 = time.perf_counter()
             try:
                 stats = self._loop.run_until_complete(
-                    self.pusher.push(iter(snapshot), version, urls=urls)
+                    self.pusher.push(iter(snapshot), version, urls=urls, reset=reset)
                 )
                 metrics = _push_metrics(stats, time.perf_counter() - t1)
                 box["metrics"] = {**metrics, **self._probe(ref, version, urls)}

@@ -361,6 +361,34 @@ def test_weight_probe_catches_one_corrupt_tensor(layout, request, models):
     asyncio.run(run())
 
 
+def test_a_new_trainer_session_takes_over_a_replica_that_serves_a_newer_version(
+    server, models, hf_reference
+):
+    """A trainer resumed from a checkpoint (version 3) meets an external replica that served
+    version 9 of the session that died: a plain push gets 409, the session's first push with
+    `reset` takes over, and the replica then serves the resumed weights as version 3."""
+    from sampler.client import SamplingSpec, WeightPushError, make_weight_pusher
+
+    state = _hf_state(models[1])
+
+    async def run():
+        c = _client(server)
+        v = (await c.versions())[server.url]
+        pusher = make_weight_pusher("gloo", c, bucket_bytes=1 << 20, timeout_s=60)
+        await pusher.push(iter(state.items()), version=v + 9)
+        resumed = v + 3
+        with pytest.raises(WeightPushError, match="409"):
+            await pusher.push(iter(state.items()), version=resumed)
+        await pusher.push(iter(state.items()), version=resumed, reset=True)
+        res = await c.generate(PROMPTS, 1, SamplingSpec(max_tokens=8, temperature=0))
+        assert {g.policy_version for g in res} == {resumed}
+        _assert_matches(res, hf_reference, 1, 8)
+        await pusher.aclose()
+        await c.aclose()
+
+    asyncio.run(run())
+
+
 def test_partial_update_is_refused_and_a_full_push_recovers(server, models, hf_reference):
     """A state dict missing a tensor would leave a mix of old and new weights: the replica must
     say so (naming the gap), refuse to serve, and recover on the next full push."""
