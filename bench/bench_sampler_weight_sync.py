@@ -14,6 +14,7 @@ Prints median seconds and effective bytes/s of each and the ratio gloo-push/raw 
 
     .venv/bin/python bench/bench_sampler_weight_sync.py --model tiny
     .venv/bin/python bench/bench_sampler_weight_sync.py --model 100m
+    .venv/bin/python bench/bench_sampler_weight_sync.py --model 100m --tp 2
 """
 
 from __future__ import annotations
@@ -140,6 +141,13 @@ def main() -> int:
         default="plain,packed",
         help="sampler.cpu_weight_layout values to measure, each with its own replica",
     )
+    p.add_argument(
+        "--tp",
+        type=int,
+        default=1,
+        help="sampler.tensor_parallel_size of the measured replicas (2 on this 2-core box: every "
+        "TP worker is a receiver)",
+    )
     a = p.parse_args()
     import torch
     from transformers import AutoModelForCausalLM
@@ -158,7 +166,8 @@ def main() -> int:
         sizes = bucket_sizes(state, bucket_bytes)
         print(
             f"model={a.model} params={n_params / 1e6:.1f}M bytes={nbytes / 1e6:.1f}MB "
-            f"buckets={len(sizes)} x <= {a.bucket_mb} MiB rounds={a.rounds} (1 warm-up each)"
+            f"buckets={len(sizes)} x <= {a.bucket_mb} MiB rounds={a.rounds} (1 warm-up each) "
+            f"tp={a.tp}"
         )
         raw = raw_broadcast(sizes, a.rounds + 1)[1:]
         messages = wire_messages(state, bucket_bytes)
@@ -166,12 +175,15 @@ def main() -> int:
         results = {}
         for layout in a.layouts.split(","):
             cfg = Path(tmp) / f"{layout}.yaml"
-            cfg.write_text(f"sampler:\n  cpu_weight_layout: {layout}\n")
+            cfg.write_text(
+                f"sampler:\n  cpu_weight_layout: {layout}\n  tensor_parallel_size: {a.tp}\n"
+            )
             sp = start_sampler(
                 model,
                 log_dir=tmp,
                 admin_key="bench-admin",
                 extra_args=["--dtype", "float32", "--config", str(cfg)],
+                timeout_s=600,
             )
             try:
                 gloo = asyncio.run(

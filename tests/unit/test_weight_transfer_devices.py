@@ -102,12 +102,13 @@ def test_a_cuda_buffer_is_reused_only_after_the_loaders_queued_copy_ran():
     param = torch.zeros(1 << 20, dtype=torch.uint8, device=dev)
     loader = torch.cuda.Stream(dev)
 
+    views = [a[:]]  # the loader's view of the bucket
+
     def load() -> None:
-        view = a[:]
         with torch.cuda.stream(loader):
             torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time before the copy runs
-            param.copy_(view, non_blocking=True)
-        del view  # dropped while the copy is still queued
+            param.copy_(views[0], non_blocking=True)
+        views.clear()  # dropped while the copy is still queued
 
     t = threading.Thread(target=load)
     t.start()
