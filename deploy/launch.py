@@ -306,6 +306,7 @@ def run_head(args, driver_cmd, layout: Layout, node: NodeEnv, env: dict[str, str
             node.master_port,
             set(range(1, node.world_size)),
             ray_address,
+            secret=env.get("RAY_AUTH_TOKEN"),
         )
         rdzv.wait_joined(args.join_timeout, alive=ray.dead)
         cmd = driver_cmd or default_driver_command(args, ray_address)
@@ -346,7 +347,9 @@ def run_head(args, driver_cmd, layout: Layout, node: NodeEnv, env: dict[str, str
 
 def run_worker(args, layout: Layout, node: NodeEnv, role: str, env: dict[str, str]) -> int:
     try:
-        rdzv = WorkerRendezvous.connect(node.master_addr, node.master_port, args.join_timeout)
+        rdzv = WorkerRendezvous.connect(
+            node.master_addr, node.master_port, args.join_timeout, secret=env.get("RAY_AUTH_TOKEN")
+        )
     except RendezvousError as e:
         log.error("cluster: %s", e)
         return EXIT_CLUSTER

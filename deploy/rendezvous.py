@@ -2,7 +2,13 @@
 
 Owns: a small TCP protocol of newline-delimited JSON on MASTER_ADDR:MASTER_PORT (AML gives every
 node that address; nothing else uses it once torch variables are scrubbed):
-  head -> worker  {"ray_address": "ip:port"}   once, on connect
+  head -> worker  {"challenge": n_h}           on connect (a random nonce)
+  worker -> head  {"hello": mac("worker", n_h), "challenge": n_w}
+  head -> worker  {"ray_address": "ip:port", "proof": mac("head", n_w)}   only to a peer whose
+                                               hello is right; any other peer is dropped unheard
+  (mac = HMAC-SHA256 with the job's Ray token, which every node has: both sides prove they hold
+  it, so a stranger learns nothing, cannot stop the job with a "failed" line, and a worker never
+  takes orders from a fake head; with Ray auth disabled there is no token and no check)
   worker -> head  {"rank": r, "role": "...", "ok": true|false, "message": "..."}  after `ray start`
   head -> worker  {"ping": t}                   every `heartbeat_s` (a silent head counts as dead)
   worker -> head  {"failed": "..."}             a worker's own Ray died while the driver runs
@@ -14,8 +20,11 @@ Does not know: Ray, AML, the driver. Only stdlib.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import secrets
 import socket
 import threading
 import time
@@ -27,6 +36,21 @@ log = logging.getLogger(__name__)
 
 class RendezvousError(RuntimeError):
     """The cluster could not form, or a node was lost; the message says which and why."""
+
+
+def _mac(secret: str | None, who: str, nonce: Any) -> str:
+    key = (secret or "").encode()
+    return hmac.new(key, f"{who}:{nonce}".encode(), hashlib.sha256).hexdigest()
+
+
+def _proves(
+    secret: str | None, msg: dict[str, Any] | None, field: str, who: str, nonce: str
+) -> bool:
+    """Whether `msg[field]` is `who`'s MAC of `nonce` (always true without a secret)."""
+    if secret is None:
+        return msg is not None
+    given = (msg or {}).get(field)
+    return isinstance(given, str) and hmac.compare_digest(given, _mac(secret, who, nonce))
 
 
 def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
@@ -77,7 +101,9 @@ class HeadRendezvous:
         worker_ranks: set[int],
         ray_address: str,
         heartbeat_s: float = 2.0,
+        secret: str | None = None,
     ) -> None:
+        self.secret = secret
         self.worker_ranks = set(worker_ranks)
         self.ray_address = ray_address
         self.heartbeat_s = heartbeat_s
@@ -110,7 +136,17 @@ class HeadRendezvous:
         reader = _LineReader(conn)
         rank: int | None = None
         try:
-            _send(conn, {"ray_address": self.ray_address})
+            nonce = secrets.token_hex(16)
+            _send(conn, {"challenge": nonce})
+            hello = reader.read(timeout=10.0)
+            if not _proves(self.secret, hello, "hello", "worker", nonce):
+                log.warning(
+                    "rendezvous: dropped a peer %s that does not hold the job's token", peer
+                )
+                conn.close()
+                return
+            proof = _mac(self.secret, "head", (hello or {}).get("challenge"))
+            _send(conn, {"ray_address": self.ray_address, "proof": proof})
             while not self._closing.is_set():
                 msg = reader.read(timeout=1.0)
                 if msg is None:
@@ -215,8 +251,11 @@ class WorkerRendezvous:
         self._reader = reader
 
     @classmethod
-    def connect(cls, host: str, port: int, timeout: float) -> WorkerRendezvous:
-        """Retry until node 0's launcher listens (it starts Ray first), up to `timeout` seconds."""
+    def connect(
+        cls, host: str, port: int, timeout: float, secret: str | None = None
+    ) -> WorkerRendezvous:
+        """Retry until node 0's launcher listens (it starts Ray first), up to `timeout` seconds.
+        `secret`: the job's Ray token (see the module docstring)."""
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
@@ -228,21 +267,41 @@ class WorkerRendezvous:
                 continue
             reader = _LineReader(sock)
             try:
-                hello = reader.read(timeout=max(1.0, deadline - time.monotonic()))
+                head = cls._handshake(sock, reader, secret, deadline)
             except (ConnectionError, OSError) as e:
                 last = e
                 sock.close()
                 continue
-            if not hello or "ray_address" not in hello:
+            if not head or "ray_address" not in head:
                 sock.close()
                 raise RendezvousError(
-                    f"{host}:{port} answered {hello!r}, not a head launcher (MASTER_PORT in use?)"
+                    f"{host}:{port} did not answer as our head launcher (MASTER_PORT in use by "
+                    "something else, or a different job's token)"
                 )
-            return cls(sock, str(hello["ray_address"]), reader)
+            return cls(sock, str(head["ray_address"]), reader)
         raise RendezvousError(
             f"could not reach node 0's launcher at {host}:{port} within {timeout:.0f}s ({last}): check that node 0 "
             "started (its log), MASTER_ADDR/MASTER_PORT, or raise --join-timeout"
         )
+
+    @staticmethod
+    def _handshake(
+        sock: socket.socket, reader: _LineReader, secret: str | None, deadline: float
+    ) -> dict[str, Any] | None:
+        """Prove the token to the head and check its proof; the head's reply, or None."""
+        challenge = reader.read(timeout=max(1.0, deadline - time.monotonic()))
+        if not challenge or "challenge" not in challenge:
+            return None
+        mine = secrets.token_hex(16)
+        _send(sock, {"hello": _mac(secret, "worker", challenge["challenge"]), "challenge": mine})
+        try:
+            head = reader.read(timeout=max(1.0, deadline - time.monotonic()))
+        except ConnectionError:  # the head drops a peer whose hello is wrong
+            raise ConnectionError(
+                "node 0's launcher dropped this node after its token proof: the nodes do not "
+                "share the job's Ray token (--ray-auth-token-file)"
+            ) from None
+        return head if _proves(secret, head, "proof", "head", mine) else None
 
     def report(self, rank: int, role: str, ok: bool, message: str = "") -> None:
         _send(self.sock, {"rank": rank, "role": role, "ok": ok, "message": message})

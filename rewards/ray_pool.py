@@ -39,6 +39,27 @@ from rewards.pool import (
 from rewards.registry import reward_inputs, reward_name
 from rewards.worker import RewardWorker
 
+# Ray turns a 127.0.0.1 node address into the machine's routable one unless cluster mode is off,
+# and with a routable node address its GCS, raylets, workers and agents listen on every
+# interface (unauthenticated when RAY_AUTH_MODE is disabled: anyone who reaches them runs code).
+# With cluster mode off (the env var's name is Ray's: Windows/macOS default) and the node at
+# 127.0.0.1, every Ray server listens on loopback only. Read by Ray at import: set before it.
+_RAY_SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def init_loopback_ray(**kwargs: Any) -> None:
+    """Start a local one-machine Ray whose every server listens on 127.0.0.1 only."""
+    import os
+    import sys
+
+    os.environ[_RAY_SINGLE_NODE_ENV] = "0"  # inherited by the daemons ray.init starts
+    if "ray._private.ray_constants" in sys.modules:  # imported before us: its value is fixed
+        sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER = False
+    import ray
+
+    ray.init(_node_ip_address="127.0.0.1", **kwargs)
+
+
 log = logging.getLogger(__name__)
 _SPAWN_ATTEMPTS = 3
 
@@ -103,8 +124,8 @@ class RayScorer:
         if not ray.is_initialized():
             if config.ray_address:
                 ray.init(address=config.ray_address)
-            else:  # local mode: a bounded one-node Ray just for the pool
-                ray.init(
+            else:  # local mode: a bounded one-node Ray just for the pool, on loopback
+                init_loopback_ray(
                     num_cpus=max(1, math.ceil(config.num_workers * config.num_cpus_per_worker)),
                     include_dashboard=False,
                 )

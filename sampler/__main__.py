@@ -46,6 +46,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, SamplerConfi
     p.add_argument("--port", type=int, help="port (default 8000; 0 is not allowed here)")
     p.add_argument("--api-key", help="bearer token for generation routes (or SAMPLER_API_KEY)")
     p.add_argument("--admin-key", help="bearer token for weight updates (or SAMPLER_ADMIN_KEY)")
+    p.add_argument(
+        "--trainer-key",
+        help="bearer token for /generate and /logprobs (or SAMPLER_TRAINER_KEY; default: the api key)",
+    )
     p.add_argument("--tensor-parallel-size", type=int)
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--max-model-len", type=int)
@@ -64,6 +68,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, SamplerConfi
             "port": a.port,
             "api_key": a.api_key or os.environ.get("SAMPLER_API_KEY"),
             "admin_key": a.admin_key or os.environ.get("SAMPLER_ADMIN_KEY"),
+            "trainer_key": a.trainer_key or os.environ.get("SAMPLER_TRAINER_KEY"),
             "tensor_parallel_size": a.tensor_parallel_size,
             "dtype": a.dtype,
             "max_model_len": a.max_model_len,
@@ -122,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         stop=stop,
         api_key=cfg.api_key,
         admin_key=cfg.admin_key,
+        trainer_key=cfg.trainer_key,
         max_body_bytes=cfg.limits.max_body_bytes,
     )
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=a.log_level, access_log=False)

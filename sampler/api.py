@@ -4,21 +4,27 @@ Owns: `build_app(...)`, route paths, bearer-token checks (constant time), the re
 and the mapping of errors to OpenAI-style 4xx/5xx bodies. Does not know: vLLM or how generation
 and updates work (`serving.py`, `openai_routes.py`).
 
-Routes: GET /health (public), GET /metrics, GET /v1/models, POST /v1/completions,
-POST /v1/chat/completions, POST /generate (grouped, token ids) -- these need the API key when one
-is set; POST /admin/weights/gloo and POST /admin/weights/path always need the admin key (without
-one configured the admin routes are disabled).
+Auth scopes (checked from the headers, before any body is read; `ROUTE_SCOPES`):
+  public   GET /health
+  api      GET /metrics, GET /v1/models, POST /v1/completions, POST /v1/chat/completions (and any
+           other path: /docs, /openapi.json, 404s) -- the key people get to try the live policy
+  trainer  POST /generate, POST /logprobs -- the trainer's key (falls back to the api key when
+           the server has no trainer key, e.g. a standalone replica)
+  admin    POST /admin/weights/gloo, POST /admin/weights/path -- disabled without an admin key
+A scope without a configured key is open (a loopback-only server without keys).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -41,17 +47,43 @@ from sampler.protocol import (
 from sampler.serving import RequestError, SamplerService
 
 log = logging.getLogger(__name__)
-_ROUTES = {
-    "/health",
-    "/metrics",
-    "/v1/models",
-    "/v1/completions",
-    "/v1/chat/completions",
-    "/generate",
-    "/logprobs",
-    "/admin/weights/gloo",
-    "/admin/weights/path",
+ROUTE_SCOPES = {
+    "/health": "public",
+    "/metrics": "api",
+    "/v1/models": "api",
+    "/v1/completions": "api",
+    "/v1/chat/completions": "api",
+    "/generate": "trainer",
+    "/logprobs": "trainer",
+    "/admin/weights/gloo": "admin",
+    "/admin/weights/path": "admin",
 }
+_ROUTES = set(ROUTE_SCOPES)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The bearer token of each scope (None: that scope is open, or for admin: disabled)."""
+
+    api: str | None = None
+    trainer: str | None = None
+    admin: str | None = None
+
+    def for_scope(self, scope: str) -> str | None:
+        if scope == "trainer":
+            return self.trainer if self.trainer is not None else self.api
+        return {"api": self.api, "admin": self.admin}.get(scope)
+
+    def check(self, scope: str, token: str | None) -> tuple[int, str] | None:
+        """(status, message) when a request with `token` may not use `scope`, else None."""
+        if scope == "public":
+            return None
+        if scope == "admin" and self.admin is None:
+            return 403, "admin routes are disabled: start the server with --admin-key"
+        expected = self.for_scope(scope)
+        if expected is None or _same(token, expected):
+            return None
+        return 401, f"missing or wrong {scope} key: send 'Authorization: Bearer <{scope} key>'"
 
 
 class _BodyTooLarge(Exception):
@@ -59,20 +91,37 @@ class _BodyTooLarge(Exception):
 
 
 class GuardMiddleware:
-    """ASGI middleware: reject bodies over `max_body_bytes` (413) and count requests by status."""
+    """ASGI middleware, in front of everything: the bearer token of the route's scope (from the
+    headers, so a keyless request's body is never read or parsed: 401 at once), bodies over
+    `max_body_bytes` (413), request counts by status and body bytes read by route."""
 
     def __init__(
-        self, app: Any, max_body_bytes: int, on_status: Callable[[str, int], None]
+        self,
+        app: Any,
+        max_body_bytes: int,
+        keys: Keys,
+        on_status: Callable[[str, int], None],
+        on_body: Callable[[str, int], None],
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.keys = keys
         self.on_status = on_status
+        self.on_body = on_body
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = scope.get("path", "") if scope.get("path", "") in _ROUTES else "other"
+        path = scope.get("path", "")
+        route = path if path in _ROUTES else "other"
+        denied = self.keys.check(ROUTE_SCOPES.get(path, "api"), _header_token(scope))
+        if denied is not None:
+            status, message = denied
+            self.on_status(route, status)
+            err = error_body(message, type_="invalid_request_error", code=status)
+            await JSONResponse(err, status_code=status)(scope, receive, send)
+            return
         limit = self.max_body_bytes
         too_large = JSONResponse(
             error_body(
@@ -95,6 +144,7 @@ class GuardMiddleware:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
+                self.on_body(route, len(msg.get("body", b"")))
                 if seen > limit:
                     raise _BodyTooLarge
             return msg
@@ -114,11 +164,13 @@ class GuardMiddleware:
                 await too_large(scope, receive, send)
 
 
-def _token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    if header[:7].lower() != "bearer ":
-        return None
-    return header[7:].strip()
+def _header_token(scope: dict) -> str | None:
+    """The bearer token of an ASGI request's Authorization header, if any."""
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            header = value.decode("latin-1")
+            return header[7:].strip() if header[:7].lower() == "bearer " else None
+    return None
 
 
 def _same(given: str | None, expected: str) -> bool:
@@ -132,10 +184,12 @@ def build_app(
     stop: Callable[[SamplerService], Awaitable[None]] | None = None,
     api_key: str | None = None,
     admin_key: str | None = None,
+    trainer_key: str | None = None,
     max_body_bytes: int = 16 << 20,
 ) -> FastAPI:
     """The replica's app. Pass a ready `service`, or `start` (awaited at startup, in the server's
-    event loop, which vLLM's async engine needs) and optionally `stop` (awaited at shutdown)."""
+    event loop, which vLLM's async engine needs) and optionally `stop` (awaited at shutdown).
+    The interactive docs (/docs, /openapi.json) need the api key like the routes they describe."""
     if (service is None) == (start is None):
         raise ValueError("build_app needs exactly one of service= or start=")
 
@@ -150,6 +204,7 @@ def build_app(
             if stop is not None:
                 await stop(app.state.service)
 
+    keys = Keys(api=api_key, trainer=trainer_key, admin=admin_key)
     app = FastAPI(title="GRPO sampler", version="1", lifespan=lifespan)
     if service is not None:
         app.state.service = service
@@ -165,26 +220,23 @@ def build_app(
         svc(request)  # 503 while starting
         return request.app.state.openai
 
-    def need_api_key(request: Request) -> None:
-        if api_key is not None and not _same(_token(request), api_key):
-            raise RequestError(
-                401, "missing or wrong API key: send 'Authorization: Bearer <api key>'"
-            )
-
-    def need_admin_key(request: Request) -> None:
-        if admin_key is None:
-            raise RequestError(403, "admin routes are disabled: start the server with --admin-key")
-        if not _same(_token(request), admin_key):
-            raise RequestError(
-                401, "missing or wrong admin key: send 'Authorization: Bearer <admin key>'"
-            )
-
     def on_status(route: str, status: int) -> None:
         s = getattr(app.state, "service", None)
         if s is not None:
             s.metrics.requests.labels(route, str(status)).inc()
 
-    app.add_middleware(GuardMiddleware, max_body_bytes=max_body_bytes, on_status=on_status)
+    def on_body(route: str, nbytes: int) -> None:
+        s = getattr(app.state, "service", None)
+        if s is not None:
+            s.metrics.body_bytes.labels(route).inc(nbytes)
+
+    app.add_middleware(
+        GuardMiddleware,
+        max_body_bytes=max_body_bytes,
+        keys=keys,
+        on_status=on_status,
+        on_body=on_body,
+    )
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, e: RequestError) -> JSONResponse:
@@ -219,12 +271,20 @@ def build_app(
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, e: Exception) -> JSONResponse:
-        log.exception("unhandled error")
+    async def _unexpected(request: Request, e: Exception) -> JSONResponse:
+        # The exception's text stays in the server log: it can name paths, addresses, internals.
+        ref = uuid.uuid4().hex[:12]
+        log.exception("unhandled error on %s (ref %s)", request.url.path, ref)
         return JSONResponse(
-            error_body(f"internal error: {type(e).__name__}: {e}", type_="server_error", code=500),
+            error_body(
+                f"internal error (ref {ref} in the server log)", type_="server_error", code=500
+            ),
             500,
         )
+
+    def _log_admin(request: Request, what: str, version: int | None) -> None:
+        peer = request.client.host if request.client else "?"
+        log.info("admin %s from %s: version %s", what, peer, version)
 
     def versioned(body: Any, version: int) -> JSONResponse:
         return JSONResponse(body, headers={POLICY_VERSION_HEADER: str(version)})
@@ -235,7 +295,8 @@ def build_app(
         await s.check_engine()
         body = HealthResponse(
             status="needs_weights" if s.broken else "ok",
-            detail=f"{s.broken}; push weights again" if s.broken else None,
+            # Public route: no error text (the admin caller got it; the log has it).
+            detail="a weight update failed; push weights again" if s.broken else None,
             policy_version=s.version,
             model=s.model_name,
             updating=s.updating,
@@ -247,7 +308,7 @@ def build_app(
             response.status_code = 503
         return response
 
-    @app.get("/metrics", dependencies=[Depends(need_api_key)])
+    @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -255,7 +316,7 @@ def build_app(
             generate_latest(svc(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
         )
 
-    @app.get("/v1/models", dependencies=[Depends(need_api_key)])
+    @app.get("/v1/models")
     async def models(request: Request) -> Any:
         s = svc(request)
         card = {
@@ -281,35 +342,33 @@ def build_app(
         body, version = await (h.chat(req) if chat else h.completion(req))
         return versioned(body, version)
 
-    @app.post("/v1/completions", dependencies=[Depends(need_api_key)])
+    @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request) -> Any:
         return await respond(req, request, chat=False)
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(need_api_key)])
+    @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request) -> Any:
         return await respond(req, request, chat=True)
 
-    @app.post("/generate", response_model=GroupedResponse, dependencies=[Depends(need_api_key)])
+    @app.post("/generate", response_model=GroupedResponse)
     async def generate(req: GroupedRequest, request: Request) -> Any:
         out = await svc(request).generate_grouped(req)
         return versioned(out.model_dump(), out.policy_version)
 
-    @app.post("/logprobs", response_model=LogprobsResponse, dependencies=[Depends(need_api_key)])
+    @app.post("/logprobs", response_model=LogprobsResponse)
     async def logprobs(req: LogprobsRequest, request: Request) -> Any:
         out = await svc(request).score(req)
         return versioned(out.model_dump(), out.policy_version)
 
-    @app.post(
-        "/admin/weights/gloo", response_model=UpdateResponse, dependencies=[Depends(need_admin_key)]
-    )
+    @app.post("/admin/weights/gloo", response_model=UpdateResponse)
     async def update_gloo(req: GlooUpdateRequest, request: Request) -> Any:
+        _log_admin(request, "update_gloo", req.version)
         out = await svc(request).update_gloo(req)
         return versioned(out.model_dump(), out.policy_version)
 
-    @app.post(
-        "/admin/weights/path", response_model=UpdateResponse, dependencies=[Depends(need_admin_key)]
-    )
+    @app.post("/admin/weights/path", response_model=UpdateResponse)
     async def update_path(req: PathUpdateRequest, request: Request) -> Any:
+        _log_admin(request, "update_path", req.version)
         out = await svc(request).update_path(req)
         return versioned(out.model_dump(), out.policy_version)
 

@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The bearer tokens among SamplerConfig's fields: never echoed in errors, files or MLflow.
+SECRET_FIELDS = ("api_key", "admin_key", "trainer_key")
+
 
 class SamplerLimits(BaseModel):
     """Per-request bounds; a request over a bound gets a 4xx that names it."""
@@ -23,6 +26,13 @@ class SamplerLimits(BaseModel):
         None, ge=1, description="Largest prompt in tokens; default: the model's context length."
     )
     max_body_bytes: int = Field(16 << 20, ge=1024, description="Largest request body in bytes.")
+    max_public_inflight: int = Field(
+        16,
+        ge=1,
+        description="Requests on the public OpenAI routes (/v1/*) a replica runs at once; more get "
+        "429 (retry later). The trainer's routes have no such bound: a person trying the live "
+        "policy must not be able to fill the engine the trainer needs.",
+    )
 
 
 class SamplerConfig(BaseModel):
@@ -52,6 +62,13 @@ class SamplerConfig(BaseModel):
     admin_key: str | None = Field(
         None,
         description="Bearer token for admin (weight update) routes; generated per run if null.",
+    )
+    trainer_key: str | None = Field(
+        None,
+        description="Bearer token for the trainer's routes (/generate, /logprobs); generated per "
+        "run for launched replicas (never written to disk). A standalone server without one "
+        "accepts api_key there. With external_urls: the servers' trainer key (or "
+        "SAMPLER_TRAINER_KEY); default api_key.",
     )
     tensor_parallel_size: int = Field(
         1, ge=1, description="GPUs per replica (vLLM tensor parallelism)."
@@ -93,6 +110,13 @@ class SamplerConfig(BaseModel):
         "processed_logprobs",
         description="Which logprobs vLLM returns: after temperature/top-k/top-p (TRL's choice: unbiased "
         "importance sampling) or of the raw model logits.",
+    )
+    public_drain_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        description="How long a weight update waits for public (/v1/*) requests before it aborts "
+        "them: non-streamed ones re-run on the new weights (labelled with it), streams end with a "
+        "503 error event. The trainer's requests get update_drain_timeout_s.",
     )
     update_drain_timeout_s: float = Field(
         60,

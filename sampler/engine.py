@@ -75,6 +75,8 @@ def engine_kwargs(model: str | Path, cfg: SamplerConfig, *, on_gpu: bool) -> dic
         "enforce_eager": cfg.enforce_eager or not on_gpu,
         "disable_log_stats": True,
         "logprobs_mode": cfg.logprobs_mode,
+        # The trainer's requests (priority 0) go ahead of public ones (1) in vLLM's queue.
+        "scheduling_policy": "priority",
     }
     if cfg.max_model_len is not None:
         kw["max_model_len"] = cfg.max_model_len

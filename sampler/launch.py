@@ -110,6 +110,7 @@ def start_sampler(
     port: int | None = None,
     api_key: str | None = None,
     admin_key: str | None = None,
+    trainer_key: str | None = None,
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
     die_with_parent: bool = False,
@@ -134,6 +135,8 @@ def start_sampler(
         child["SAMPLER_API_KEY"] = api_key
     if admin_key:
         child["SAMPLER_ADMIN_KEY"] = admin_key
+    if trainer_key:
+        child["SAMPLER_TRAINER_KEY"] = trainer_key
     args = [
         sys.executable,
         "-m",

@@ -22,6 +22,12 @@ class SamplerMetrics:
             ["route", "status"],
             registry=r,
         )
+        self.body_bytes = Counter(
+            "sampler_request_body_bytes",
+            "Request body bytes read by route (a request refused on its headers reads none)",
+            ["route"],
+            registry=r,
+        )
         self.latency = Histogram(
             "sampler_request_latency_seconds",
             "Generation latency by route",

@@ -31,6 +31,9 @@ class SamplingFields(_Strict):
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     n: int = Field(1, ge=1, description="Completions per prompt (bounded by the server's max_n).")
+    ignore_eos: bool = Field(
+        False, description="Generate max_tokens tokens whatever the model says (vLLM's extension)."
+    )
 
     @model_validator(mode="after")
     def _greedy_single(self) -> SamplingFields:
@@ -146,6 +149,11 @@ class GlooUpdateRequest(_Strict):
     master_port: int = Field(..., ge=1, le=65535)
     backend: Literal["gloo", "nccl"] = "gloo"
     version: int | None = Field(None, ge=0, description="New version; default: current + 1.")
+    reset_version: bool = Field(
+        False,
+        description="A new trainer session takes over (a resume, a restarted trainer): accept a "
+        "version that is not newer than the served one. Without it such a version gets 409.",
+    )
     timeout_s: float | None = Field(None, gt=0, le=3600)
     connect_timeout_s: float | None = Field(
         None,
@@ -153,11 +161,12 @@ class GlooUpdateRequest(_Strict):
         le=3600,
         description="Limit on reaching the trainer's store (default timeout_s).",
     )
-    session: str | None = Field(
-        None,
-        min_length=1,
+    session: str = Field(
+        ...,
+        min_length=32,
         max_length=64,
-        description="Trainer's id of the group (kept across updates).",
+        description="The trainer's secret id of the group (kept across updates): the group's keys "
+        "live under it in the trainer's store, so only a holder of the admin key can join.",
     )
     new_group: bool = Field(True, description="Join a new group (else reuse the session's group).")
 
@@ -167,6 +176,11 @@ class PathUpdateRequest(_Strict):
 
     path: str = Field(..., min_length=1)
     version: int | None = Field(None, ge=0, description="New version; default: current + 1.")
+    reset_version: bool = Field(
+        False,
+        description="A new trainer session takes over (a resume, a restarted trainer): accept a "
+        "version that is not newer than the served one. Without it such a version gets 409.",
+    )
 
 
 class UpdateResponse(BaseModel):

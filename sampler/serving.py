@@ -92,6 +92,10 @@ class SamplerService:
         self._open.set()
         self._drained = asyncio.Event()
         self._drained.set()
+        # Public (/v1/*) work: bounded (limits.max_public_inflight), behind the trainer's in
+        # vLLM's queue, and aborted after a short grace when an update comes (see `_drain`).
+        self._public_inflight = 0
+        self._public_ids: set[str] = set()
         self._update_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ health / metrics
@@ -112,9 +116,23 @@ class SamplerService:
         try:
             await self.engine.check_health()
         except Exception as e:
-            raise RequestError(503, f"engine is not healthy: {e}") from e
+            log.warning("engine health check failed: %s", e)
+            raise RequestError(503, "engine is not healthy (see the server log)") from e
 
     # ------------------------------------------------------------------ admission gate
+    def _enter_public(self) -> None:
+        """Count one public request in, or 429 beyond the bound (before it waits for anything)."""
+        if self._public_inflight >= self.limits.max_public_inflight:
+            raise RequestError(
+                429,
+                f"this replica already runs {self._public_inflight} public requests (limit "
+                f"sampler.limits.max_public_inflight={self.limits.max_public_inflight}); retry later",
+            )
+        self._public_inflight += 1
+
+    def _exit_public(self) -> None:
+        self._public_inflight -= 1
+
     async def _enter(self) -> int:
         while not self._open.is_set():
             await self._open.wait()
@@ -217,6 +235,7 @@ class SamplerService:
             seed=req.seed,
             max_tokens=max_tokens,
             logprobs=logprobs,
+            ignore_eos=req.ignore_eos,
             # CUMULATIVE lets streams compute deltas for any n; FINAL_ONLY is cheaper otherwise.
             output_kind=RequestOutputKind.CUMULATIVE if stream else RequestOutputKind.FINAL_ONLY,
             **extra,
@@ -224,14 +243,21 @@ class SamplerService:
 
     # ------------------------------------------------------------------ engine calls
     async def _run(
-        self, prompt_ids: list[int], params: Any, on_output: Callable | None = None
+        self,
+        prompt_ids: list[int],
+        params: Any,
+        on_output: Callable | None = None,
+        public: bool = False,
     ) -> Any:
         """One engine request to completion; returns the final RequestOutput."""
         rid = uuid.uuid4().hex
         self._engine_ids.add(rid)
+        if public:
+            self._public_ids.add(rid)
         final = None
         try:
-            async for out in self.engine.generate({"prompt_token_ids": prompt_ids}, params, rid):
+            prompt = {"prompt_token_ids": prompt_ids}
+            async for out in self.engine.generate(prompt, params, rid, priority=int(public)):
                 final = out
                 if on_output is not None:
                     await on_output(out)
@@ -239,6 +265,7 @@ class SamplerService:
             raise RequestError(400, f"the engine rejected the request: {e}") from e
         finally:
             self._engine_ids.discard(rid)
+            self._public_ids.discard(rid)
         preempted = rid in self._preempted
         self._preempted.discard(rid)
         if preempted or final is None or any(c.finish_reason == "abort" for c in final.outputs):
@@ -334,9 +361,13 @@ class SamplerService:
         """Non-streamed generation of several prompts; returns (outputs, version)."""
 
         async def work() -> list[Any]:
-            return await asyncio.gather(*(self._run(p, params) for p in prompts))
+            return await asyncio.gather(*(self._run(p, params, public=True) for p in prompts))
 
-        return await self.run_admitted(work)
+        self._enter_public()
+        try:
+            return await self.run_admitted(work)
+        finally:
+            self._exit_public()
 
     async def start_stream(
         self, prompts: list[list[int]], params: Any
@@ -347,10 +378,13 @@ class SamplerService:
         queue: asyncio.Queue = asyncio.Queue()
         admitted: asyncio.Future = asyncio.get_running_loop().create_future()
 
+        self._enter_public()
+
         async def produce() -> None:
             try:
                 version = await self._enter()
             except BaseException as e:
+                self._exit_public()
                 admitted.set_exception(e)
                 return
             admitted.set_result(version)
@@ -360,7 +394,7 @@ class SamplerService:
                     async def push(out: Any) -> None:
                         queue.put_nowait((i, out))
 
-                    await self._run(p, params, push)
+                    await self._run(p, params, push, public=True)
 
                 await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
                 queue.put_nowait(None)
@@ -371,6 +405,7 @@ class SamplerService:
                 queue.put_nowait(e)
             finally:
                 self._exit()
+                self._exit_public()
 
         task = asyncio.create_task(produce())
         version = await admitted
@@ -392,6 +427,7 @@ class SamplerService:
         return await self._update(
             req.backend,
             req.version,
+            req.reset_version,
             lambda: self.engine.collective_rpc("sampler_receive_weights", kwargs=kwargs),
         )
 
@@ -405,15 +441,20 @@ class SamplerService:
         return await self._update(
             "filesystem",
             req.version,
+            req.reset_version,
             lambda: self.engine.collective_rpc("sampler_load_path", kwargs={"path": req.path}),
         )
 
     async def _update(
-        self, transport: str, version: int | None, load: Callable[[], Awaitable[list[dict]]]
+        self,
+        transport: str,
+        version: int | None,
+        reset: bool,
+        load: Callable[[], Awaitable[list[dict]]],
     ) -> UpdateResponse:
         async with self._update_lock:
             new_version = self.version + 1 if version is None else version
-            if new_version <= self.version and not self.broken:
+            if new_version <= self.version and not self.broken and not reset:
                 raise RequestError(
                     409,
                     f"version {new_version} is not newer than the served version {self.version}",
@@ -455,10 +496,11 @@ class SamplerService:
 
     async def _drain(self) -> bool:
         """Wait for admitted requests; abort those left after the drain timeout (re-run later).
-        Returns whether requests were aborted."""
+        Public requests get only `public_drain_timeout_s`. Returns whether requests were aborted."""
+        public = await self._drain_public()
         try:
             await asyncio.wait_for(self._drained.wait(), self.cfg.update_drain_timeout_s)
-            return False
+            return public
         except asyncio.TimeoutError:
             ids = list(self._engine_ids)
             log.warning(
@@ -474,6 +516,21 @@ class SamplerService:
             raise RequestError(
                 503, "in-flight requests did not stop; weights unchanged, retry"
             ) from e
+
+    async def _drain_public(self) -> bool:
+        """Give public engine requests a short grace, then abort them (they re-run on the new
+        weights, or a stream ends with 503): a person's long request must not hold the
+        trainer's update. Returns whether any were aborted."""
+        deadline = time.monotonic() + self.cfg.public_drain_timeout_s
+        while self._public_ids and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # engine requests finishing; bounded by the grace period
+        ids = list(self._public_ids)
+        if not ids:
+            return False
+        log.info("weight update: aborting %d public requests (re-run on the new weights)", len(ids))
+        self._preempted.update(ids)
+        await self.engine.abort(ids)
+        return True
 
 
 def client_errors() -> tuple[type[BaseException], ...]:

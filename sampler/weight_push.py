@@ -14,9 +14,9 @@ import asyncio
 import logging
 import os
 import re
+import secrets
 import shutil
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,8 @@ class WeightPushError(RuntimeError):
 
 
 class WeightPusher:
-    """Sends a full set of weights to replicas, which then serve `version`."""
+    """Sends a full set of weights to replicas, which then serve `version` (`reset`: even if it
+    is not newer than what they serve: a new trainer session taking over)."""
 
     last_failed: dict[str, str]
 
@@ -44,6 +45,7 @@ class WeightPusher:
         named_tensors: Iterable[tuple[str, torch.Tensor]],
         version: int,
         urls: list[str] | None = None,
+        reset: bool = False,
     ) -> dict[str, float]:
         raise NotImplementedError
 
@@ -144,6 +146,7 @@ class DistWeightPusher(WeightPusher):
         named_tensors: Iterable[tuple[str, torch.Tensor]],
         version: int,
         urls: list[str] | None = None,
+        reset: bool = False,
     ) -> dict[str, float]:
         import torch.distributed as dist
 
@@ -174,7 +177,8 @@ class DistWeightPusher(WeightPusher):
                 self._drop(u)
                 world = 1 + int(h.get("workers", 1))
                 store = dist.TCPStore(addrs[u], 0, world, is_master=True, wait_for_workers=False)
-                plan[u] = (uuid.uuid4().hex, store, True)
+                # The session id is the group's secret (see weight_sync.make_group).
+                plan[u] = (secrets.token_hex(16), store, True)
                 worlds[u] = world
         http = {
             u: asyncio.create_task(
@@ -190,6 +194,7 @@ class DistWeightPusher(WeightPusher):
                         "connect_timeout_s": self.connect_timeout_s,
                         "session": session,
                         "new_group": new,
+                        "reset_version": reset,
                     },
                     self.timeout_s * 4,
                 )
@@ -209,6 +214,7 @@ class DistWeightPusher(WeightPusher):
                     self.timeout_s,
                     store,
                     world_size=worlds[u],
+                    secret=plan[u][0],
                 )
             )
             done, _ = await asyncio.wait({grp, http[u]}, return_when=asyncio.FIRST_COMPLETED)
@@ -419,6 +425,7 @@ class FilesystemWeightPusher(WeightPusher):
         named_tensors: Iterable[tuple[str, torch.Tensor]],
         version: int,
         urls: list[str] | None = None,
+        reset: bool = False,
     ) -> dict[str, float]:
         urls = [u.rstrip("/") for u in (urls or self.client.urls)]
         t0 = time.perf_counter()
@@ -431,7 +438,7 @@ class FilesystemWeightPusher(WeightPusher):
                 self.client.admin_post(
                     u,
                     "/admin/weights/path",
-                    {"path": str(folder), "version": version},
+                    {"path": str(folder), "version": version, "reset_version": reset},
                     self.timeout_s,
                 )
                 for u in urls

@@ -240,6 +240,7 @@ def make_group(
     store: Any = None,
     connect_timeout_s: float | None = None,
     world_size: int = 2,
+    secret: str | None = None,
 ) -> tuple[Any, Any]:
     """A standalone process group (not registered with torch.distributed's default world) of
     the trainer (rank 0) and the `world_size - 1` vLLM workers of one replica (rank 1 + worker
@@ -248,10 +249,12 @@ def make_group(
     Rank 0 (the trainer) hosts the TCPStore; pass its `store` when it already exists. Returns
     (store, group). Finite timeout everywhere: a vanished peer raises instead of hanging;
     `connect_timeout_s` (default `timeout_s`) bounds reaching the store.
+    `secret`: the group's keys live under it in the store (a `PrefixStore`). The store's port is
+    open to anyone who can reach the node; a peer without the secret (sent to the replica only in
+    its admin-authenticated update request) meets none of the group's keys, so it can neither
+    take a rank nor receive a byte of the weights.
     """
     import torch.distributed as dist
-
-    from sampler.netaddr import gloo_device, route_source
 
     timeout = timedelta(seconds=timeout_s)
     if store is None:
@@ -266,21 +269,36 @@ def make_group(
                 f"within {connect:.0f}s (pipeline.connect_timeout_s): {e}"
             ) from None
         store.set_timeout(timeout)
+    if secret is not None:
+        store = dist.PrefixStore(f"grpo-weight-sync/{secret}/", store)
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    try:
+        pg = _process_group(dist, backend, store, rank, world_size, timeout, host)
+    except RuntimeError as e:  # DistStoreError: the other ranks never wrote their keys
+        raise ConnectionError(
+            f"weight-sync rank {rank} of {world_size}: the group did not form within "
+            f"{timeout_s:.0f}s (a peer died, or this side has the wrong session): {e}"
+        ) from None
+    _handshake(pg, backend, rank, world_size, timeout_s)
+    return store, pg
+
+
+def _process_group(
+    dist: Any, backend: str, store: Any, rank: int, world_size: int, timeout: Any, host: str
+) -> Any:
+    from sampler.netaddr import gloo_device, route_source
+
     if backend == "gloo":
         # Bind gloo to the address the peer reaches us at: its default device follows
         # gethostname(), which resolves to loopback on many machines.
         opts = dist.ProcessGroupGloo._Options()
         opts._timeout = timeout
         opts._devices = [gloo_device(host if rank == 0 else route_source(host))]
-        pg = dist.ProcessGroupGloo(store, rank, world_size, opts)
-    elif backend == "nccl":
-        opts = dist.ProcessGroupNCCL.Options()
-        opts._timeout = timeout
-        pg = dist.ProcessGroupNCCL(store, rank, world_size, opts)
-    else:
-        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
-    _handshake(pg, backend, rank, world_size, timeout_s)
-    return store, pg
+        return dist.ProcessGroupGloo(store, rank, world_size, opts)
+    opts = dist.ProcessGroupNCCL.Options()
+    opts._timeout = timeout
+    return dist.ProcessGroupNCCL(store, rank, world_size, opts)
 
 
 def _handshake(pg: Any, backend: str, rank: int, world_size: int, timeout_s: float) -> None:
@@ -508,6 +526,7 @@ class WeightSyncExtension:
                 timeout_s,
                 connect_timeout_s=connect_timeout_s,
                 world_size=1 + self.parallel_config.world_size,
+                secret=session,
             )
             sessions = {session: pg} if session else {}
             self._sampler_sessions = sessions

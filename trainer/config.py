@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from data.config import DataConfig
 from rewards.config import RewardPoolConfig
-from sampler.config import SamplerConfig
+from sampler.config import SECRET_FIELDS, SamplerConfig
 from sampler.protocol import SamplingFields
 
 log = logging.getLogger(__name__)
@@ -598,8 +598,18 @@ def _format_error(err: ValidationError, source: str) -> str:
             lines.append(f"  {path}: unknown or unsupported key{hint}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"  {path or '(top level)'}: {msg} (got {e.get('input')!r:.80})")
+            shown = _shown(e["loc"], e.get("input"))
+            lines.append(f"  {path or '(top level)'}: {msg} (got {shown!r:.80})")
     return "\n".join(lines)
+
+
+def _shown(loc: tuple[Any, ...], value: Any) -> Any:
+    """What an error may echo of a value: never a key (the error lands in logs and consoles)."""
+    if loc and str(loc[-1]) in SECRET_FIELDS:
+        return "<redacted>"
+    if isinstance(value, dict):
+        return {k: (_shown((k,), v)) for k, v in value.items()}
+    return value
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from sampler.config import SECRET_FIELDS
 from trainer import checkpoints
 from trainer.batch import loss_tokens
 from trainer.config import ConfigError, RunConfig
@@ -41,6 +42,26 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_secret(path: Path, text: str) -> None:
+    """A file only its owner can read, from its first byte (no window between write and chmod)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def redacted(cfg: RunConfig) -> dict[str, Any]:
+    """The run config as a plain dict with every key replaced by a marker (files, logs, MLflow).
+    Launched replicas get their keys through the environment, not from this file."""
+    data = cfg.model_dump(mode="json")
+    for name in SECRET_FIELDS:
+        if data["sampler"].get(name):
+            data["sampler"][name] = "<redacted>"
+    return data
 
 
 # The config keys vLLM 0.32 derives a model's context length from (the smallest wins).
@@ -164,7 +185,9 @@ class Run:
         if p.ray_address:
             ray.init(address=p.ray_address, runtime_env=env, log_to_driver=True)
         else:
-            ray.init(
+            from rewards.ray_pool import init_loopback_ray
+
+            init_loopback_ray(
                 num_cpus=p.ray_num_cpus or os.cpu_count(),
                 include_dashboard=False,
                 runtime_env=env,
@@ -196,14 +219,19 @@ class Run:
         from trainer.workers import SamplerReplica
 
         s = self.cfg.sampler
+        # Three scopes (sampler/api.py): the api key is for people trying the live policy and is
+        # the only one written to disk; the trainer's and the admin key stay in memory.
         self.api_key = s.api_key or os.environ.get("SAMPLER_API_KEY") or secrets.token_urlsafe(24)
         self.admin_key = s.admin_key or secrets.token_urlsafe(24)
+        self.trainer_key = s.trainer_key or secrets.token_urlsafe(24)
         key_file = self.out / "sampler_api_key"
-        key_file.write_text(self.api_key + "\n")
-        key_file.chmod(0o600)
+        write_secret(key_file, self.api_key + "\n")
         self.key_file = key_file
         if s.external_urls:
             self.admin_key = s.admin_key or os.environ.get("SAMPLER_ADMIN_KEY") or ""
+            self.trainer_key = (
+                s.trainer_key or os.environ.get("SAMPLER_TRAINER_KEY") or self.api_key
+            )
             if not self.admin_key:
                 raise ConfigError(
                     "sampler.external_urls needs sampler.admin_key (or SAMPLER_ADMIN_KEY): the "
@@ -227,6 +255,7 @@ class Run:
                 self.admin_key,
                 str(self.out / "logs"),
                 env,
+                self.trainer_key,
             )
             for i in range(s.replicas)
         ]
@@ -284,7 +313,8 @@ class Run:
         # all); the others learn the address from it.
         addr, port = ray.get(self.workers[0].rendezvous_endpoint.remote())
         log.info("trainer group: %d ranks, rank 0 at %s:%d", p.num_trainer_workers, addr, port)
-        ray.get([w.join.remote(addr, port) for w in self.workers])
+        secret = secrets.token_hex(16)  # the group's keys live under it (TrainerWorker.join)
+        ray.get([w.join.remote(addr, port, secret) for w in self.workers])
         self.placement["trainer_ranks"] = ray.get([w.where.remote() for w in self.workers])
         self._write_placement()
 
@@ -311,7 +341,11 @@ class Run:
         return results[0]
 
     async def push(
-        self, version: int, urls: list[str] | None = None, background: bool = False
+        self,
+        version: int,
+        urls: list[str] | None = None,
+        background: bool = False,
+        reset: bool = False,
     ) -> dict[str, float]:
         """Send the trainer's weights as `version`; the orchestrator learns it once they are live.
 
@@ -320,7 +354,7 @@ class Run:
         """
         previous = await self.finish_push()
         bucket = self.cfg.pipeline.weight_sync_bucket_mb << 20
-        res = await self._all("push_weights", version, bucket, urls, background)
+        res = await self._all("push_weights", version, bucket, urls, background, reset)
         # A resync of restarted replicas (`urls`) changes no version: the others already serve it.
         if urls is None and background:
             self._pending_push = asyncio.create_task(self._live_after_push(version))
@@ -431,12 +465,11 @@ class Run:
         resolved = (
             self.out / "resolved_config.yaml"
         )  # what this run actually used, overrides included
-        resolved.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        resolved.chmod(0o600)  # may hold the API keys
+        resolved.write_text(yaml.safe_dump(redacted(cfg), sort_keys=False))
         urls = self.start_samplers(model_path, "float32" if dtype == "auto" else dtype, resolved)
         self.client = SamplerClient(
             urls,
-            api_key=self.api_key,
+            api_key=self.trainer_key,
             admin_key=self.admin_key,
             request_timeout_s=cfg.sampler.request_timeout_s,
         )
@@ -454,7 +487,7 @@ class Run:
         await self._all(
             "setup_pusher",
             urls,
-            self.api_key,
+            self.trainer_key,
             self.admin_key,
             transport,
             cfg.pipeline.weight_sync_bucket_mb << 20,
@@ -475,14 +508,13 @@ class Run:
                 state.get("mlflow_run_id"),
             )
             self.cursor.load_state_dict(state["cursor"])
-            await self.push(
-                version
-            )  # the samplers serve the checkpoint's weights before any rollout
+            # The samplers serve the checkpoint's weights before any rollout; external ones may
+            # serve a newer version of the session that died: this session takes over.
+            await self.push(version, reset=True)
             log.info("resumed from %s: step %d, policy version %d", ckpt, start_step, version)
         elif cfg.sampler.external_urls:
-            await self.push(
-                version
-            )  # external samplers start from the trainer's weights, not their own
+            # external samplers start from the trainer's weights, not their own
+            await self.push(version, reset=True)
         else:  # launched replicas loaded the trainer's checkpoint: prove it
             await self._all("check_weights", version)
         self._truncate_logs(start_step)

@@ -130,8 +130,11 @@ class TrainerWorker:
         store.set_timeout(datetime.timedelta(seconds=self.timeout_s))
         return store
 
-    def join(self, master_addr: str, master_port: int) -> int:
-        """Every rank: form the process group at rank 0's endpoint, then build the engine."""
+    def join(self, master_addr: str, master_port: int, secret: str | None = None) -> int:
+        """Every rank: form the process group at rank 0's endpoint, then build the engine.
+
+        `secret` (from the driver, over Ray): the group's keys live under it in rank 0's store,
+        whose port any peer on the network can reach; without it a stranger can take no rank."""
         import datetime
 
         import torch
@@ -161,6 +164,8 @@ class TrainerWorker:
         from trainer.engine import PolicyEngine
 
         store = self._store if self.rank == 0 else self._connect(master_addr, master_port)
+        if secret is not None:
+            store = dist.PrefixStore(f"grpo-trainer/{secret}/", store)
         if not dist.is_initialized():
             dist.init_process_group(
                 backend=self.backend,
@@ -236,6 +241,7 @@ class TrainerWorker:
         bucket_bytes: int,
         urls: list[str] | None = None,
         background: bool = False,
+        reset: bool = False,
     ) -> dict[str, float]:
         """Collective: every rank walks the (ZeRO-gathered) parameters; rank 0 sends them.
 
@@ -255,7 +261,9 @@ class TrainerWorker:
         previous = self.finish_push()
         t0 = time.perf_counter()
         if not background:
-            stats = self._loop.run_until_complete(self.pusher.push(it, version, urls=urls))
+            stats = self._loop.run_until_complete(
+                self.pusher.push(it, version, urls=urls, reset=reset)
+            )
             metrics = _push_metrics(stats, time.perf_counter() - t0)
             return {**previous, **metrics, **self._probe(ref, version, urls)}
         import threading
@@ -268,7 +276,7 @@ class TrainerWorker:
             t1 = time.perf_counter()
             try:
                 stats = self._loop.run_until_complete(
-                    self.pusher.push(iter(snapshot), version, urls=urls)
+                    self.pusher.push(iter(snapshot), version, urls=urls, reset=reset)
                 )
                 metrics = _push_metrics(stats, time.perf_counter() - t1)
                 box["metrics"] = {**metrics, **self._probe(ref, version, urls)}
@@ -358,9 +366,11 @@ class SamplerReplica:
         admin_key: str,
         log_dir: str,
         env: dict[str, str] | None = None,
+        trainer_key: str | None = None,
     ):
         self.index, self.model_path, self.args = index, model_path, sampler_args
         self.host, self.api_key, self.admin_key = host, api_key, admin_key
+        self.trainer_key = trainer_key
         self.log_dir = Path(log_dir)
         self.env = env or {}
         self.proc: SamplerProcess | None = None
@@ -390,6 +400,7 @@ class SamplerReplica:
             advertise=advertise,
             api_key=self.api_key,
             admin_key=self.admin_key,
+            trainer_key=self.trainer_key,
             extra_args=self.args,
             env=env,
             die_with_parent=True,

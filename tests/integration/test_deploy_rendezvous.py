@@ -86,3 +86,28 @@ def test_worker_notices_a_dead_head_and_a_lost_worker_is_reported():
 def test_connect_gives_up_with_a_clear_message():
     with pytest.raises(RendezvousError, match="could not reach node 0's launcher"):
         WorkerRendezvous.connect("127.0.0.1", _port(), timeout=0.5)
+
+
+def test_a_stranger_learns_nothing_and_cannot_stop_the_job():
+    """The control port is reachable by anyone on the network: without the job's token a peer
+    gets a random challenge (no Ray address), and its "failed" line or fake join is ignored."""
+    import json
+
+    port = _port()
+    head = HeadRendezvous("127.0.0.1", port, {1}, "10.0.0.4:6379", heartbeat_s=0.2, secret="tok")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        first = json.loads(s.makefile().readline())
+        assert set(first) == {"challenge"}, first  # no head address for a stranger
+        s.sendall(b'{"hello": "guess", "challenge": "x"}\n{"failed": "stop everything"}\n')
+        s.sendall(b'{"rank": 1, "role": "trainer", "ok": false, "message": "fake"}\n')
+        assert s.recv(1024) == b""  # dropped unheard
+    with pytest.raises(RendezvousError, match="do not share the job's Ray token"):
+        WorkerRendezvous.connect("127.0.0.1", port, timeout=5, secret="another job's token")
+    w = WorkerRendezvous.connect("127.0.0.1", port, timeout=10, secret="tok")
+    assert w.ray_address == "10.0.0.4:6379"
+    w.report(1, "trainer", ok=True)
+    head.wait_joined(timeout=10)
+    assert head.failure() is None
+    head.finish(0)
+    assert w.wait_exit(heartbeat_timeout=5) == 0
+    w.close()

@@ -34,6 +34,7 @@ def _start(models, tmp_path_factory, layout: str):
     cfg = logs / "run.yaml"  # also exercises --config: a run YAML's `sampler:` section
     cfg.write_text(
         "sampler:\n  dtype: float32\n  limits:\n    max_body_bytes: 1048576\n"
+        "    max_public_inflight: 2\n  public_drain_timeout_s: 0.2\n"
         f"  cpu_weight_layout: {layout}\n"
     )
     return start_sampler(
@@ -360,6 +361,34 @@ def test_weight_probe_catches_one_corrupt_tensor(layout, request, models):
     asyncio.run(run())
 
 
+def test_a_new_trainer_session_takes_over_a_replica_that_serves_a_newer_version(
+    server, models, hf_reference
+):
+    """A trainer resumed from a checkpoint (version 3) meets an external replica that served
+    version 9 of the session that died: a plain push gets 409, the session's first push with
+    `reset` takes over, and the replica then serves the resumed weights as version 3."""
+    from sampler.client import SamplingSpec, WeightPushError, make_weight_pusher
+
+    state = _hf_state(models[1])
+
+    async def run():
+        c = _client(server)
+        v = (await c.versions())[server.url]
+        pusher = make_weight_pusher("gloo", c, bucket_bytes=1 << 20, timeout_s=60)
+        await pusher.push(iter(state.items()), version=v + 9)
+        resumed = v + 3
+        with pytest.raises(WeightPushError, match="409"):
+            await pusher.push(iter(state.items()), version=resumed)
+        await pusher.push(iter(state.items()), version=resumed, reset=True)
+        res = await c.generate(PROMPTS, 1, SamplingSpec(max_tokens=8, temperature=0))
+        assert {g.policy_version for g in res} == {resumed}
+        _assert_matches(res, hf_reference, 1, 8)
+        await pusher.aclose()
+        await c.aclose()
+
+    asyncio.run(run())
+
+
 def test_partial_update_is_refused_and_a_full_push_recovers(server, models, hf_reference):
     """A state dict missing a tensor would leave a mix of old and new weights: the replica must
     say so (naming the gap), refuse to serve, and recover on the next full push."""
@@ -424,6 +453,49 @@ def test_generation_during_updates_is_labelled_with_the_producing_version(
 
     seen = asyncio.run(run())
     assert len(seen) >= 2, f"updates did not interleave with generation: {seen}"
+
+
+def test_public_requests_are_bounded_and_never_hold_a_weight_update(server, models):
+    """Two long public completions fill the public bound (max_public_inflight: 2): a third gets
+    429 at once. A weight push meanwhile does not wait for them: they are aborted after the
+    short public grace and re-run on the new weights, so both answers carry the new version.
+    The trainer's route is not bounded by them."""
+    from sampler.client import SamplingSpec, make_weight_pusher
+
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    long = {"prompt": [5, 6, 7], "max_tokens": 1500, "ignore_eos": True, "temperature": 0}
+
+    def queue_depth() -> float:
+        text = httpx.get(server.url + "/metrics", headers=auth).text
+        return float(text.split("sampler_queue_depth ")[1].split()[0])
+
+    async def run():
+        c = _client(server)
+        v = (await c.versions())[server.url]
+        pusher = make_weight_pusher("gloo", c, bucket_bytes=1 << 20, timeout_s=60)
+        async with httpx.AsyncClient(timeout=120) as h:
+            calls = [
+                asyncio.create_task(h.post(server.url + "/v1/completions", json=long, headers=auth))
+                for _ in range(2)
+            ]
+            while queue_depth() < 2:  # both admitted and generating (bounded by the 120 s calls)
+                await asyncio.sleep(0.05)
+            third = await h.post(server.url + "/v1/completions", json=long, headers=auth)
+            assert third.status_code == 429, third.text
+            assert "max_public_inflight=2" in third.json()["error"]["message"]
+            # the trainer's route still works while the public bound is full
+            res = await c.generate(PROMPTS[:1], 1, SamplingSpec(max_tokens=4, temperature=0))
+            assert res[0].policy_version == v
+            await pusher.push(iter(_hf_state(models[1]).items()), version=v + 1)
+            answers = await asyncio.gather(*calls)
+        for r in answers:
+            assert r.status_code == 200, r.text
+            assert r.json()["policy_version"] == v + 1  # re-run on the new weights, labelled
+            assert len(r.json()["choices"][0]["text"]) > 0
+        await pusher.aclose()
+        await c.aclose()
+
+    asyncio.run(run())
 
 
 # ---------------------------------------------------------------------------- fuzzing

@@ -225,3 +225,33 @@ def test_sampling_settings_the_sampler_accepts_load():
         }
     )
     assert cfg.prompt_token_budget(None) == 384
+
+
+def test_config_errors_never_echo_a_key():
+    """Config errors land in consoles and job logs: a key given with the wrong type, or inside a
+    section whose whole value is echoed, is shown as <redacted>."""
+    from trainer.config import ConfigError, parse_config
+
+    raw = {"sampler": {"api_key": 123456789, "admin_key": ["s3cret-admin-key"], "port": -1}}
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    msg = str(e.value)
+    assert "sampler.api_key" in msg and "sampler.admin_key" in msg  # the field is named
+    assert "123456789" not in msg and "s3cret-admin-key" not in msg, msg
+    from trainer.config import _shown
+
+    # a section's whole value echoed (a model-level error): its keys are masked inside it
+    assert _shown(("sampler",), {"api_key": "s3cret", "port": 1}) == {
+        "api_key": "<redacted>",
+        "port": 1,
+    }
+
+
+def test_the_resolved_config_file_holds_no_key():
+    from trainer.config import parse_config
+    from trainer.driver import redacted
+
+    cfg = parse_config({"sampler": {"api_key": "s3cret-api", "admin_key": "s3cret-admin"}})
+    data = redacted(cfg)
+    assert data["sampler"]["api_key"] == "<redacted>" == data["sampler"]["admin_key"]
+    assert "s3cret" not in repr(data)

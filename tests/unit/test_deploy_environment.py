@@ -79,3 +79,14 @@ def test_the_job_image_has_the_services_it_needs():
     assert "requirements-gpu.txt" in docker
     for pkg in ("vllm", "trl", "deepspeed", "ray", "mlflow", "azureml-mlflow"):
         assert canonicalize_name(pkg) in _pins(), pkg
+
+
+def test_the_base_image_is_pinned():
+    """`:latest` (or no tag) would change the image under a job without anyone deciding it."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "environment" / "Dockerfile").read_text()
+    [image] = re.findall(r"^ARG BASE_IMAGE=(\S+)$", text, flags=re.M)
+    tag = image.rsplit(":", 1)[-1] if ":" in image.split("/")[-1] else ""
+    assert tag and tag != "latest", image

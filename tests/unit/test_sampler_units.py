@@ -363,3 +363,55 @@ def test_dropping_a_group_whose_peer_died_mid_broadcast_does_not_block():
     threading.Thread(target=forget, daemon=True).start()
     assert done.wait(60), "freeing the dead replica's group blocked on its pending broadcast"
     loop.close()
+
+
+def test_a_stranger_on_the_weight_sync_store_gets_no_rank_and_no_weights():
+    """The trainer's store port is open to the network. A stranger who connects first and
+    claims the replica's rank must neither receive the weights nor stop the update: the group's
+    keys live under the session secret, which only the admin-authenticated request carries."""
+    import secrets
+
+    import torch.distributed as dist
+
+    from sampler.client import DistWeightPusher
+    from sampler.weight_sync import make_group, receive_buckets
+
+    store = dist.TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
+    secret = secrets.token_hex(16)
+    sent = [("w", torch.randn(64, 64)), ("b", torch.randn(64))]
+    stranger: dict[str, object] = {}
+    got: dict[str, torch.Tensor] = {}
+
+    def intrude() -> None:  # knows the address and port, not the secret
+        try:
+            _, pg = make_group("gloo", "127.0.0.1", store.port, 1, 3)
+            stranger["got"] = dict(receive_buckets(pg, ReceiveBuffers("cpu"), "cpu", {}))
+        except Exception as e:  # expected: it never meets the group
+            stranger["error"] = e
+
+    def replica() -> None:
+        _, pg = make_group("gloo", "127.0.0.1", store.port, 1, 30, secret=secret)
+        for name, t in receive_buckets(pg, ReceiveBuffers("cpu"), "cpu", {}):
+            got[name] = t.clone()
+
+    failed: dict[str, str] = {}
+
+    def trainer() -> None:
+        _, pg = make_group("gloo", "127.0.0.1", 0, 0, 30, store=store, secret=secret)
+        pusher = DistWeightPusher.__new__(DistWeightPusher)
+        pusher.device, pusher.bucket_bytes, pusher.pool = "cpu", 1 << 20, BufferPool()
+        pusher._send_all(iter(sent), {"r": pg}, failed)
+
+    # The stranger is there first, alone with the trainer, until it gives up (3 s); only then
+    # does the replica come.
+    bad, push = threading.Thread(target=intrude), threading.Thread(target=trainer)
+    bad.start()
+    push.start()
+    bad.join(60)
+    good = threading.Thread(target=replica)
+    good.start()
+    good.join(60)
+    push.join(60)
+    assert not failed and set(got) == {"w", "b"}
+    assert all(torch.equal(got[n], t) for n, t in sent)
+    assert "got" not in stranger and isinstance(stranger.get("error"), ConnectionError)
