@@ -48,16 +48,30 @@ _RAY_SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def init_loopback_ray(**kwargs: Any) -> None:
-    """Start a local one-machine Ray whose every server listens on 127.0.0.1 only."""
+    """Start a local one-machine Ray whose every server listens on 127.0.0.1 only.
+
+    The single-node switch is set only while Ray starts (its daemons inherit it) and restored
+    afterwards: a process that later launches a multi-node `ray start` (a test, a launcher)
+    must not inherit it."""
     import os
-    import sys
 
-    os.environ[_RAY_SINGLE_NODE_ENV] = "0"  # inherited by the daemons ray.init starts
-    if "ray._private.ray_constants" in sys.modules:  # imported before us: its value is fixed
-        sys.modules["ray._private.ray_constants"].ENABLE_RAY_CLUSTER = False
     import ray
+    from ray._private import ray_constants
 
-    ray.init(_node_ip_address="127.0.0.1", **kwargs)
+    before_env, before_const = (
+        os.environ.get(_RAY_SINGLE_NODE_ENV),
+        ray_constants.ENABLE_RAY_CLUSTER,
+    )
+    os.environ[_RAY_SINGLE_NODE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import: set the live value too
+    try:
+        ray.init(_node_ip_address="127.0.0.1", **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_const
+        if before_env is None:
+            os.environ.pop(_RAY_SINGLE_NODE_ENV, None)
+        else:
+            os.environ[_RAY_SINGLE_NODE_ENV] = before_env
 
 
 log = logging.getLogger(__name__)

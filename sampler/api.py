@@ -83,7 +83,10 @@ class Keys:
         expected = self.for_scope(scope)
         if expected is None or _same(token, expected):
             return None
-        return 401, f"missing or wrong {scope} key: send 'Authorization: Bearer <{scope} key>'"
+        # Name the key this server actually wants (a standalone server's trainer routes take
+        # its API key).
+        name = "API" if expected == self.api else scope
+        return 401, f"missing or wrong {name} key: send 'Authorization: Bearer <{name} key>'"
 
 
 class _BodyTooLarge(Exception):

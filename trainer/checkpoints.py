@@ -25,6 +25,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from trainer.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 CKPT_PREFIX = "step-"
@@ -35,8 +37,9 @@ _STEP_DIR = re.compile(rf"{CKPT_PREFIX}(\d+)")
 _REQUIRED_KEYS = ("step", "cursor", "version")
 
 
-class CheckpointError(RuntimeError):
-    """No checkpoint can be resumed although some claim to be complete."""
+class CheckpointError(ConfigError):
+    """No checkpoint can be resumed although some claim to be complete (a clean error: the
+    command line prints it and exits 2, as for a config problem)."""
 
 
 def step_dirs(root: Path) -> list[tuple[int, Path]]:

@@ -437,7 +437,8 @@ class Run:
             raise ConfigError(f"--resume: no complete checkpoint under {self.out / 'checkpoints'}")
         if ckpt is not None:
             self._check_world_size(ckpt)
-        if not self.resume and latest_checkpoint(self.out, self.world_size) is not None:
+        finished = [p for _, p in checkpoints.step_dirs(self.out / "checkpoints")]
+        if not self.resume and any((p / checkpoints.MARKER).exists() for p in finished):
             raise ConfigError(
                 f"trainer.output_dir {self.out} already holds checkpoints: pass --resume to continue "
                 "that run, or choose another output_dir"

@@ -467,7 +467,8 @@ def test_public_requests_are_bounded_and_never_hold_a_weight_update(server, mode
 
     def queue_depth() -> float:
         text = httpx.get(server.url + "/metrics", headers=auth).text
-        return float(text.split("sampler_queue_depth ")[1].split()[0])
+        [line] = [x for x in text.splitlines() if x.startswith("sampler_queue_depth ")]
+        return float(line.split()[1])
 
     async def run():
         c = _client(server)
