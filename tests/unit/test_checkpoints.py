@@ -51,8 +51,12 @@ def test_a_missing_rng_file_skips_the_checkpoint(tmp_path, caplog):
 def test_a_corrupt_only_checkpoint_is_an_error_naming_it_and_the_fix(tmp_path):
     only = _fake_checkpoint(tmp_path, 6)
     (only / "client_state.json").write_text('{"step": 6, "cur')  # a half-written marker
-    with pytest.raises(RuntimeError) as err:
+    from trainer.checkpoints import CheckpointError
+    from trainer.config import ConfigError
+
+    with pytest.raises(CheckpointError) as err:  # a clean, config-style error (exit 2)
         latest_checkpoint(tmp_path)
+    assert isinstance(err.value, ConfigError)
     msg = str(err.value)
     assert "step-6" in msg and "client_state.json" in msg and "delete" in msg
 
