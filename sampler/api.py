@@ -16,6 +16,7 @@ A scope without a configured key is open (a loopback-only server without keys).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import uuid
@@ -165,6 +166,13 @@ class GuardMiddleware:
             if not started:
                 self.on_status(route, 413)
                 await too_large(scope, receive, send)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read by then, so the
+    next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _header_token(scope: dict) -> str | None:
@@ -342,7 +350,16 @@ def build_app(
                 media_type="text/event-stream",
                 headers={POLICY_VERSION_HEADER: str(version)},
             )
-        body, version = await (h.chat(req) if chat else h.completion(req))
+        work = asyncio.ensure_future(h.chat(req) if chat else h.completion(req))
+        gone = asyncio.ensure_future(_disconnected(request))
+        done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if work not in done and gone.exception() is None:  # nobody will read the answer
+            work.cancel()
+            svc(request).metrics.client_disconnects.inc()
+            log.info("client of %s left before its answer: request aborted", request.url.path)
+            return Response(status_code=499)
+        gone.cancel()
+        body, version = await work
         return versioned(body, version)
 
     @app.post("/v1/completions")

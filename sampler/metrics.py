@@ -22,6 +22,11 @@ class SamplerMetrics:
             ["route", "status"],
             registry=r,
         )
+        self.client_disconnects = Counter(
+            "sampler_client_disconnects",
+            "Non-streamed requests whose client left before the answer (their engine work aborted)",
+            registry=r,
+        )
         self.body_bytes = Counter(
             "sampler_request_body_bytes",
             "Request body bytes read by route (a request refused on its headers reads none)",

@@ -371,11 +371,11 @@ class SamplerService:
 
     async def start_stream(
         self, prompts: list[list[int]], params: Any
-    ) -> tuple[int, asyncio.Queue, asyncio.Task]:
+    ) -> tuple[int, LatestOutputs, asyncio.Task]:
         """Start streamed generation. Returns (version, queue of (prompt_index, output) ending
         with None or an Exception, producer task). The producer holds the admission itself, so
         a client that never reads cannot block weight updates beyond max_tokens of work."""
-        queue: asyncio.Queue = asyncio.Queue()
+        queue = LatestOutputs()
         admitted: asyncio.Future = asyncio.get_running_loop().create_future()
 
         self._enter_public()
@@ -547,7 +547,43 @@ def sampled_logprobs(token_ids: list[int], logprobs: Any) -> list[float]:
     return [float(pos[tok].logprob) for tok, pos in zip(token_ids, logprobs, strict=True)]
 
 
-async def aiter_queue(queue: asyncio.Queue) -> AsyncIterator[tuple[int, Any]]:
+_NOTHING = object()
+
+
+class LatestOutputs:
+    """A stream's mailbox between the engine and the HTTP writer, bounded by the number of
+    prompts: vLLM's outputs are cumulative (each one the whole text so far), so only the newest
+    per prompt is kept. A reader slower than the engine gets fewer, larger deltas instead of a
+    queue of snapshots that grows with the square of the completion length.
+    Same calls as the asyncio.Queue it replaces: `put_nowait((index, output))`, then
+    `put_nowait(None)` (done) or `put_nowait(exception)`; `await get()`."""
+
+    def __init__(self) -> None:
+        self._latest: dict[int, tuple[int, Any]] = {}
+        self._end: Any = _NOTHING
+        self._ready = asyncio.Event()
+
+    def put_nowait(self, item: tuple[int, Any] | BaseException | None) -> None:
+        if isinstance(item, tuple):
+            self._latest[item[0]] = item
+        else:
+            self._end = item
+        self._ready.set()
+
+    def qsize(self) -> int:
+        return len(self._latest) + (self._end is not _NOTHING)
+
+    async def get(self) -> tuple[int, Any] | BaseException | None:
+        while True:
+            if self._latest:
+                return self._latest.pop(next(iter(self._latest)))
+            if self._end is not _NOTHING:
+                return self._end
+            self._ready.clear()
+            await self._ready.wait()
+
+
+async def aiter_queue(queue: LatestOutputs) -> AsyncIterator[tuple[int, Any]]:
     """Items of a producer queue until its None sentinel; re-raises a queued exception."""
     while True:
         item = await queue.get()

@@ -499,6 +499,43 @@ def test_public_requests_are_bounded_and_never_hold_a_weight_update(server, mode
     asyncio.run(run())
 
 
+def test_a_client_that_leaves_stops_its_request(server):
+    """A non-streamed request whose client disconnects is aborted in the engine instead of
+    generating 3000 tokens nobody reads (counted in sampler_client_disconnects)."""
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    long = {"prompt": [5, 6, 7], "max_tokens": 3000, "ignore_eos": True, "temperature": 0}
+
+    def metric(name: str) -> float:
+        text = httpx.get(server.url + "/metrics", headers=auth).text
+        [line] = [x for x in text.splitlines() if x.startswith(name + " ")]
+        return float(line.split()[1])
+
+    def wait_until(cond, what: str) -> None:
+        deadline = time.monotonic() + 120
+        while not cond():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)  # polling the server's metrics; bounded by the deadline
+
+    tokens = metric("sampler_generated_tokens_total")
+    left = metric("sampler_client_disconnects_total")
+
+    async def leave() -> None:
+        async with httpx.AsyncClient(timeout=120) as h:
+            call = asyncio.create_task(
+                h.post(server.url + "/v1/completions", json=long, headers=auth)
+            )
+            while metric("sampler_queue_depth") < 1:  # generating now
+                await asyncio.sleep(0.05)
+            call.cancel()  # the client goes away: httpx closes the connection
+            with pytest.raises(asyncio.CancelledError):
+                await call
+
+    asyncio.run(leave())
+    wait_until(lambda: metric("sampler_client_disconnects_total") > left, "no disconnect seen")
+    wait_until(lambda: metric("sampler_queue_depth") == 0, "the engine kept the request")
+    assert metric("sampler_generated_tokens_total") == tokens  # it never ran to the end
+
+
 # ---------------------------------------------------------------------------- fuzzing
 def test_schemathesis_finds_no_server_errors(server, tmp_path):
     started = time.monotonic()

@@ -415,3 +415,32 @@ def test_a_stranger_on_the_weight_sync_store_gets_no_rank_and_no_weights():
     assert not failed and set(got) == {"w", "b"}
     assert all(torch.equal(got[n], t) for n, t in sent)
     assert "got" not in stranger and isinstance(stranger.get("error"), ConnectionError)
+
+
+def test_a_stream_mailbox_keeps_only_the_newest_output_per_prompt():
+    """A reader slower than the engine: 10,000 cumulative outputs of 2 prompts leave 2 in the
+    mailbox (not 10,000), the newest of each, then the end; an error after them comes last."""
+    import asyncio
+
+    from sampler.serving import LatestOutputs
+
+    async def run():
+        box = LatestOutputs()
+        for step in range(5000):
+            for i in (0, 1):
+                box.put_nowait((i, f"prompt {i} up to token {step}"))
+        box.put_nowait(None)
+        assert box.qsize() == 3
+        got = [await box.get() for _ in range(3)]
+        assert got == [(0, "prompt 0 up to token 4999"), (1, "prompt 1 up to token 4999"), None]
+        box = LatestOutputs()
+        box.put_nowait((0, "a"))
+        box.put_nowait(RuntimeError("engine died"))
+        assert await box.get() == (0, "a")
+        assert isinstance(await box.get(), RuntimeError)
+        waiter = asyncio.ensure_future(LatestOutputs().get())
+        await asyncio.sleep(0)  # it waits: nothing was put
+        assert not waiter.done()
+        waiter.cancel()
+
+    asyncio.run(run())
