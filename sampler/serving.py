@@ -339,10 +339,7 @@ class SamplerService:
         if out.prompt_logprobs is None:
             raise RuntimeError("engine returned no prompt logprobs although they were requested")
         # position 0 has no context (None); position i holds {token_ids[i]: Logprob, ...}
-        lps = [
-            float(pos[tok].logprob)
-            for tok, pos in zip(req.token_ids[1:], out.prompt_logprobs[1:], strict=True)
-        ]
+        lps = sampled_logprobs(req.token_ids[1:], out.prompt_logprobs[1:])
         self.metrics.observe_request("logprobs", time.perf_counter() - t0, len(req.token_ids), 0)
         dtype = str(self.engine.model_config.dtype).removeprefix("torch.")
         return LogprobsResponse(logprobs=lps, policy_version=version, dtype=dtype)
@@ -508,8 +505,7 @@ class SamplerService:
                 len(ids),
                 self.cfg.update_drain_timeout_s,
             )
-            self._preempted.update(ids)
-            await self.engine.abort(ids)
+            await self._preempt(ids)
         try:
             await asyncio.wait_for(self._drained.wait(), self.cfg.update_drain_timeout_s)
         except asyncio.TimeoutError as e:
@@ -528,9 +524,13 @@ class SamplerService:
         if not ids:
             return False
         log.info("weight update: aborting %d public requests (re-run on the new weights)", len(ids))
+        await self._preempt(ids)
+        return True
+
+    async def _preempt(self, ids: list[str]) -> None:
+        """Abort engine requests for a weight update; `_run` sees them as preempted (re-run)."""
         self._preempted.update(ids)
         await self.engine.abort(ids)
-        return True
 
 
 def client_errors() -> tuple[type[BaseException], ...]:
@@ -541,7 +541,8 @@ def client_errors() -> tuple[type[BaseException], ...]:
 
 
 def sampled_logprobs(token_ids: list[int], logprobs: Any) -> list[float]:
-    """The logprob of each sampled token from vLLM's per-position {token_id: Logprob} dicts."""
+    """The logprob of each given token (sampled, or of the prompt) from vLLM's per-position
+    {token_id: Logprob} dicts."""
     if logprobs is None:
         raise RuntimeError("engine returned no logprobs although logprobs=0 was requested")
     return [float(pos[tok].logprob) for tok, pos in zip(token_ids, logprobs, strict=True)]

@@ -250,7 +250,7 @@ class TrainerWorker:
         At most one push is in flight: a new one first waits for the previous one.
         """
         # The probe's reference comes from the weights being pushed (a forward on every rank).
-        ref = self.engine.probe_logprobs(self.probe_ids) if self.probe_ids else None
+        ref = self._probe_reference()
         # The pusher's device (rank 0 has one; the others only take part in ZeRO-3's gathers).
         device = getattr(self.pusher, "device", "cpu") if self.rank == 0 else "cpu"
         it = self.engine.iter_named_params_for_sync(bucket_bytes, device)
@@ -291,8 +291,12 @@ class TrainerWorker:
     def check_weights(self, version: int) -> dict[str, float]:
         """Collective: probe every replica against this policy without pushing (the start of
         a run whose samplers loaded the trainer's checkpoint themselves)."""
-        ref = self.engine.probe_logprobs(self.probe_ids) if self.probe_ids else None
+        ref = self._probe_reference()
         return self._probe(ref, version, None) if self.rank == 0 else {}
+
+    def _probe_reference(self) -> tuple[list[float], str] | None:
+        """This policy's logprobs of the probe and their dtype (collective), None if off."""
+        return self.engine.probe_logprobs(self.probe_ids) if self.probe_ids else None
 
     def _probe(
         self, ref: tuple[list[float], str] | None, version: int, urls: list[str] | None

@@ -115,13 +115,19 @@ def _assert_matches(results, ref, which, steps):
 
 async def _push_and_check(client, pusher, models, which, version, ref, steps=8) -> dict:
     """Push model `which` as `version`; the replica then serves it exactly (greedy, logprobs)."""
-    from sampler.client import SamplingSpec
 
     stats = await pusher.push(iter(_hf_state(models[which]).items()), version=version)
+    await _serves(client, version, which, ref, steps)
+    return stats
+
+
+async def _serves(client, version, which, ref, steps=8) -> None:
+    """The replica serves model `which` as `version`: greedy tokens and logprobs as transformers'."""
+    from sampler.client import SamplingSpec
+
     res = await client.generate(PROMPTS, 1, SamplingSpec(max_tokens=steps, temperature=0))
     assert {g.policy_version for g in res} == {version}
     _assert_matches(res, ref, which, steps)
-    return stats
 
 
 # ---------------------------------------------------------------------------- OpenAI client
@@ -367,7 +373,7 @@ def test_a_new_trainer_session_takes_over_a_replica_that_serves_a_newer_version(
     """A trainer resumed from a checkpoint (version 3) meets an external replica that served
     version 9 of the session that died: a plain push gets 409, the session's first push with
     `reset` takes over, and the replica then serves the resumed weights as version 3."""
-    from sampler.client import SamplingSpec, WeightPushError, make_weight_pusher
+    from sampler.client import WeightPushError, make_weight_pusher
 
     state = _hf_state(models[1])
 
@@ -380,9 +386,7 @@ def test_a_new_trainer_session_takes_over_a_replica_that_serves_a_newer_version(
         with pytest.raises(WeightPushError, match="409"):
             await pusher.push(iter(state.items()), version=resumed)
         await pusher.push(iter(state.items()), version=resumed, reset=True)
-        res = await c.generate(PROMPTS, 1, SamplingSpec(max_tokens=8, temperature=0))
-        assert {g.policy_version for g in res} == {resumed}
-        _assert_matches(res, hf_reference, 1, 8)
+        await _serves(c, resumed, 1, hf_reference)
         await pusher.aclose()
         await c.aclose()
 
