@@ -644,7 +644,9 @@ class Run:
                 "sampler replica %s rejoined at policy version %d (weight probe gap %s)",
                 url,
                 version,
-                m.get("weight_sync/probe_gap", "off"),
+                m.get("weight_sync/probe_gap", "off")
+                if not m.get("weight_sync/probe_unreachable")
+                else "none: it did not answer the probe",
             )
             alive_urls.append(url)
             self.client.set_urls(alive_urls)

@@ -15,6 +15,7 @@ into an error at the first push.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     import torch
 
     from sampler.client import SamplerClient
+
+log = logging.getLogger(__name__)
 
 # Plain prose that tokenizes to many ordinary tokens in any BPE vocabulary.
 PROBE_TEXT = (
@@ -121,6 +124,16 @@ def compare(
     return res
 
 
+def _unreachable(error: BaseException) -> bool:
+    """A replica that could not answer at all (its process gone, its engine down: a transport
+    error or a 5xx), as opposed to one that answered or refused the request (4xx)."""
+    import httpx
+
+    from sampler.client import SamplerUnavailable
+
+    return isinstance(error, httpx.TransportError | SamplerUnavailable)
+
+
 async def check_replicas(
     client: SamplerClient,
     urls: list[str],
@@ -130,14 +143,34 @@ async def check_replicas(
     trainer_dtype: str | torch.dtype,
     limit: float | None = None,
 ) -> dict[str, float]:
-    """Probe every replica in `urls`; metrics of the worst one, or WeightProbeError."""
-    replies = await asyncio.gather(*(client.logprobs(u, token_ids) for u in urls))
-    results = [
-        compare(u, r, reference, version, trainer_dtype, limit)
-        for u, r in zip(urls, replies, strict=True)
-    ]
+    """Probe every replica in `urls`; metrics of the worst one, or WeightProbeError.
+
+    A replica that cannot answer (it died after the push reached it) proves nothing about the
+    weights: it is logged and counted, not checked. The driver's monitor restarts it, and a
+    restarted replica is probed after its resync, before it serves again."""
+    replies = await asyncio.gather(
+        *(client.logprobs(u, token_ids) for u in urls), return_exceptions=True
+    )
+    answered, unreachable = [], []
+    for url, reply in zip(urls, replies, strict=True):
+        if isinstance(reply, BaseException):
+            if not _unreachable(reply):
+                raise reply
+            unreachable.append(url)
+            log.warning(
+                "weight probe: replica %s did not answer (%s: %s); its weights of policy "
+                "version %d are not checked",
+                url,
+                type(reply).__name__,
+                reply,
+                version,
+            )
+        else:
+            answered.append((url, reply))
+    results = [compare(u, r, reference, version, trainer_dtype, limit) for u, r in answered]
     return {
         "weight_sync/probe_gap": max((r.gap for r in results), default=0.0),
         "weight_sync/probe_gap_max": max((r.max_gap for r in results), default=0.0),
         "weight_sync/probe_replicas": float(len(results)),
+        "weight_sync/probe_unreachable": float(len(unreachable)),
     }

@@ -5,7 +5,14 @@ replicas here; tests/integration/test_sampler_engine_modes.py probes real vLLM r
 from __future__ import annotations
 
 import asyncio
+import http.server
+import json
+import logging
 import math
+import socket
+import threading
+
+import httpx
 
 import pytest
 
@@ -122,3 +129,85 @@ def test_probe_token_ids_respect_the_context_and_refuse_a_degenerate_tokenizer()
     assert probe_token_ids(Tok(100), max_len=10) == list(range(10))
     with pytest.raises(ValueError, match=">= 2 tokens"):
         probe_token_ids(Tok(1))
+
+
+class _ProbeReplicas(http.server.BaseHTTPRequestHandler):
+    """Two replicas on one loopback server: /good answers the probe, /gone hangs up without a
+    reply (a process SIGKILLed while the probe was in flight)."""
+
+    good = _reply([x + 1e-4 for x in REF])
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path.startswith("/gone"):
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        body = json.dumps(self.good).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        return None
+
+
+def test_a_replica_that_dies_during_the_probe_is_skipped_not_a_weight_error(caplog):
+    """A replica killed between the push and its probe (CI, test_sampler_replica_killed_mid_run)
+    is not evidence of wrong weights: it is logged and counted, the live ones are still checked;
+    the driver's monitor restarts it and the rejoin probe checks it again."""
+    from sampler.client import SamplerClient
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ProbeReplicas)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as s:  # a port nobody listens on: a replica whose process is gone
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    urls = [f"{base}/good", f"{base}/gone", closed]
+
+    async def probe():
+        client = SamplerClient(urls, max_retries=0)
+        try:
+            return await check_replicas(client, urls, [1, 2, 3, 4, 5], REF, 3, "float32")
+        finally:
+            await client.aclose()
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="trainer.weight_probe"):
+            m = asyncio.run(probe())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert m["weight_sync/probe_replicas"] == 1
+    assert m["weight_sync/probe_unreachable"] == 2
+    assert m["weight_sync/probe_gap"] == pytest.approx(1e-4)
+    text = caplog.text
+    assert f"{base}/gone" in text and closed in text and "not checked" in text
+
+
+def test_a_live_replica_with_wrong_weights_fails_even_when_another_is_unreachable():
+    class Client(_FakeClient):
+        async def logprobs(self, url, token_ids):
+            if url == "http://gone":
+                raise httpx.ConnectError("connection refused")
+            return await super().logprobs(url, token_ids)
+
+    client = Client({"http://a": _reply([x + 1.0 for x in REF])})
+    with pytest.raises(WeightProbeError, match="replica http://a "):
+        asyncio.run(check_replicas(client, ["http://gone", "http://a"], [1, 2], REF, 3, "float32"))
+
+
+def test_a_replica_that_rejects_the_probe_request_is_an_error_not_skipped():
+    """A 4xx (a wrong key, a probe longer than the replica's context) is a configuration fault
+    the run must not hide."""
+    from sampler.client import SamplerRequestError
+
+    class Client(_FakeClient):
+        async def logprobs(self, url, token_ids):
+            raise SamplerRequestError(f"{url}/logprobs: HTTP 401: bad key")
+
+    with pytest.raises(SamplerRequestError, match="401"):
+        asyncio.run(check_replicas(Client({}), ["http://a"], [1, 2], REF, 3, "float32"))
