@@ -13,7 +13,6 @@ import socket
 import threading
 
 import httpx
-
 import pytest
 
 from trainer.weight_probe import (
