@@ -196,6 +196,18 @@ class SamplerClient:
             return body if body.get("status") == "needs_weights" else None
         return None
 
+    async def responsive(self, url: str, timeout_s: float) -> bool:
+        """Whether the replica's server and engine answer /health within `timeout_s` (one that
+        waits for a full weight push is alive: it answers)."""
+        try:
+            r = await self._http.get(f"{url}/health", timeout=timeout_s)
+            body = r.json() if r.status_code in (200, 503) else None
+        except (httpx.HTTPError, ValueError):
+            return False
+        return r.status_code == 200 or (
+            isinstance(body, dict) and body.get("status") == "needs_weights"
+        )
+
     async def wait_healthy(self, timeout_s: float) -> None:
         """Poll /health of every replica until all answer ok; raise naming those that are not."""
         deadline = time.monotonic() + timeout_s
@@ -211,12 +223,12 @@ class SamplerClient:
                 )
             await asyncio.sleep(0.2)  # polling interval of a deadline loop
 
-    async def versions(self) -> dict[str, int]:
-        """url -> served policy version, for the replicas that answer."""
-        states = await asyncio.gather(*(self._health(u) for u in self.urls))
-        return {
-            u: s["policy_version"] for u, s in zip(self.urls, states, strict=True) if s is not None
-        }
+    async def versions(self, urls: list[str] | None = None) -> dict[str, int]:
+        """url -> served policy version, for the replicas (default: those in rotation) that
+        answer."""
+        urls = self.urls if urls is None else [u.rstrip("/") for u in urls]
+        states = await asyncio.gather(*(self._health(u) for u in urls))
+        return {u: s["policy_version"] for u, s in zip(urls, states, strict=True) if s is not None}
 
     async def logprobs(self, url: str, token_ids: list[int], timeout_s: float = 60.0) -> dict:
         """One replica's `/logprobs` body for `token_ids` (logprobs, policy_version, dtype)."""

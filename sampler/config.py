@@ -35,6 +35,39 @@ class SamplerLimits(BaseModel):
     )
 
 
+class ReplicaWatchdog(BaseModel):
+    """How the trainer tells a hung replica (process alive, not answering) from a busy one, and
+    how fast it restarts one that keeps failing. Launched replicas only: external servers are
+    their operator's to restart."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: float = Field(
+        10, ge=0, description="Seconds between health checks of each replica; 0 turns them off."
+    )
+    timeout_s: float = Field(
+        10, gt=0, description="A /health answer slower than this counts as a failed check."
+    )
+    failures: int = Field(
+        3,
+        ge=1,
+        description="Failed checks in a row that declare a replica hung: it is killed (its "
+        "in-flight requests re-run on the others) and restarted between steps.",
+    )
+    backoff_s: float = Field(
+        10,
+        ge=0,
+        description="Delay before restarting a replica that failed again soon after a restart; "
+        "doubles with each such failure in a row.",
+    )
+    backoff_max_s: float = Field(
+        300,
+        ge=0,
+        description="Longest restart delay; a replica healthy this long after a restart starts "
+        "a new streak.",
+    )
+
+
 class SamplerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -96,6 +129,7 @@ class SamplerConfig(BaseModel):
     )
     seed: int = Field(0, description="Engine seed.")
     limits: SamplerLimits = Field(default_factory=SamplerLimits)
+    watchdog: ReplicaWatchdog = Field(default_factory=ReplicaWatchdog)
     startup_timeout_s: float = Field(
         600, gt=0, description="How long to wait for a replica to become healthy."
     )

@@ -25,6 +25,8 @@ from sampler.config import SECRET_FIELDS
 from trainer import checkpoints
 from trainer.batch import loss_tokens
 from trainer.config import ConfigError, RunConfig
+from trainer.files import write_atomic, write_secret
+from trainer.healing import ReplicaHealer
 from trainer.orchestrator import Orchestrator, RolloutSettings, StepBatch
 from trainer.prompts import DataCursor, Prompt, drop_overlong, load_examples, tokenize_prompts
 
@@ -35,23 +37,6 @@ def _sampler_args(config_file: Path, dtype: str, seed: int) -> list[str]:
     """The sampler reads its section of the resolved run config; the dtype and the engine seed are
     decided here (each replica gets its own seed, so replicas never share a sampling stream)."""
     return ["--config", str(config_file), "--dtype", dtype, "--seed", str(seed)]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Readers (operators, tests, `deploy.connect`) see the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_secret(path: Path, text: str) -> None:
-    """A file only its owner can read, from its first byte (no window between write and chmod)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def redacted(cfg: RunConfig) -> dict[str, Any]:
@@ -117,6 +102,7 @@ class Run:
         self.client = None
         self.tracker = None
         self.orch: Orchestrator | None = None
+        self.healer: ReplicaHealer | None = None
         self._owns_ray = False
         self._pending_push: asyncio.Task | None = None
         self.overlap_push = False  # decided in start_trainers (needs to know about GPUs)
@@ -498,6 +484,16 @@ class Run:
             cfg.pipeline.weight_probe,
             cfg.pipeline.weight_probe_tolerance,
         )
+        self.healer = ReplicaHealer(
+            self.replicas,
+            self.client,
+            cfg.sampler.watchdog,
+            cfg.sampler.startup_timeout_s,
+            self.out / "replicas.json",
+            self._set_rotation,
+            self._resync,
+        )
+        self.healer.start(urls)
 
         start_step, version, run_id = 0, 0, None
         if ckpt is not None:
@@ -627,46 +623,28 @@ class Run:
         return 0
 
     async def _heal_replicas(self, version: int) -> None:
-        """Restart dead sampler replicas, resync them to `version`, and put them back in rotation."""
-        infos = await asyncio.gather(*[r.info.remote() for r in self.replicas])
-        dead = [i for i, info in enumerate(infos) if not info["alive"]]
-        if not dead:
-            return
-        alive_urls = [info["url"] for info in infos if info["alive"]]
-        self.client.set_urls(alive_urls)
-        await self._all("set_sampler_urls", alive_urls)
-        for i in dead:
-            log.warning("sampler replica %d (%s) died; restarting", i, infos[i]["url"])
-            url = await self.replicas[i].start.remote(self.cfg.sampler.startup_timeout_s)
-            await self._all("set_sampler_urls", alive_urls + [url])
-            m = await self.push(version, urls=[url])  # resync (and probe) before it serves
-            log.info(
-                "sampler replica %s rejoined at policy version %d (weight probe gap %s)",
-                url,
-                version,
-                m.get("weight_sync/probe_gap", "off")
-                if not m.get("weight_sync/probe_unreachable")
-                else "none: it did not answer the probe",
-            )
-            alive_urls.append(url)
-            self.client.set_urls(alive_urls)
-            served = (await self.client.versions()).get(url)
-            if served != version:
-                raise RuntimeError(
-                    f"restarted sampler replica {i} reports version {served} after resync to {version}"
-                )
-            self.orch.counters["sampler_restarts"] += 1
-            log.info("sampler replica %d back at %s with version %d", i, url, version)
-        infos = await asyncio.gather(*[r.info.remote() for r in self.replicas])
-        self._write_replicas([{**info, "version": version} for info in infos])
+        """Restart dead (or hung, hence killed) sampler replicas and resync them to `version`."""
+        await self.healer.heal(version)
+        self.orch.counters["sampler_restarts"] = self.healer.restarts
+        self.orch.counters["sampler_hung"] = self.healer.watchdog.hung_total
+
+    async def _set_rotation(self, urls: list[str]) -> None:
+        """The replicas in service, for the rollout client and every trainer rank's pusher."""
+        self.client.set_urls(urls)
+        await self._all("set_sampler_urls", urls)
+
+    async def _resync(self, url: str, version: int, others: list[str]) -> dict[str, float]:
+        """Bring a restarted replica to `version` (and probe it) before it serves again."""
+        await self._all("set_sampler_urls", [*others, url])
+        return await self.push(version, urls=[url])
 
     def _write_placement(self) -> None:
         """Which node each role's process runs on (node addresses as Ray knows them)."""
-        _write_atomic(self.out / "placement.json", json.dumps(self.placement, indent=2))
+        write_atomic(self.out / "placement.json", json.dumps(self.placement, indent=2))
 
     def _write_replicas(self, infos: list[dict]) -> None:
         """Where each replica lives now (URL, PID, restarts): for operators and the chaos test."""
-        _write_atomic(self.out / "replicas.json", json.dumps(infos, indent=2))
+        write_atomic(self.out / "replicas.json", json.dumps(infos, indent=2))
 
     def _record_trained(self, step: int, batch: StepBatch) -> None:
         """Audit log: which prompts (and versions) each step trained on. Tests check it for exactness."""
@@ -728,6 +706,8 @@ class Run:
             self.tracker.end(status="FAILED")
             self.tracker = None
 
+        if self.healer is not None:  # no watchdog kills while the roles shut down
+            await self.healer.aclose()
         if self._pending_push is not None:  # the worker's own shutdown waits for its thread
             self._pending_push.cancel()
         if self.orch is not None:

@@ -433,3 +433,9 @@ class SamplerReplica:
         if self.proc is not None:
             self.proc.stop()
         self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the server and its engine (a hung replica: SIGTERM would wait on a stopped
+        or deadlocked process); connections to it then fail at once."""
+        if self.proc is not None:
+            self.proc.kill()

@@ -281,6 +281,54 @@ def test_sampler_replica_killed_mid_run(tmp_path):
     assert f"replica {replicas[1]['url']} rejoined at policy version" in log
 
 
+def test_sampler_replica_stopped_mid_run(tmp_path):
+    """Chaos: SIGSTOP one of two sampler replicas mid-run. It stays alive and accepts connections
+    but never answers, so only the watchdog can tell: it declares it hung, kills it (its in-flight
+    requests re-run on the other replica), and it is restarted between steps. The run finishes
+    and the trained prompt ids show no loss or duplicate."""
+    out = tmp_path / "run"
+    sets = (
+        "sampler.replicas=2",
+        "trainer.max_steps=10",
+        "trainer.eval_steps=null",
+        "trainer.save_steps=100",
+        "sampler.watchdog.interval_s=2",
+        "sampler.watchdog.timeout_s=5",
+        "sampler.watchdog.failures=3",
+    )
+    proc = _start(out, *sets)
+    victim = None
+    try:
+        _wait_for(
+            lambda: (out / "metrics.jsonl").exists() and len(_jsonl(out / "metrics.jsonl")) >= 3,
+            480,
+            "step 3",
+            proc,
+        )
+        victim = json.loads((out / "replicas.json").read_text())[1]
+        os.killpg(victim["pid"], signal.SIGSTOP)  # the server and its engine core
+        proc.wait(timeout=480)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+        if victim is not None:  # a stopped process ignores everything but SIGKILL
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(victim["pid"], signal.SIGKILL)
+    assert proc.returncode == 0, _driver_log(out)
+    replicas = json.loads((out / "replicas.json").read_text())
+    assert replicas[0]["restarts"] == 0
+    assert replicas[1]["restarts"] == 1 and replicas[1]["pid"] != victim["pid"]
+    trained = _jsonl(out / "trained_prompts.jsonl")
+    ids = [i for r in trained for i in r["prompt_ids"]]
+    assert ids == _expected_prompt_ids(10, 4)
+    metrics = _jsonl(out / "metrics.jsonl")
+    assert metrics[-1]["rollout/sampler_hung"] == 1.0
+    assert metrics[-1]["rollout/sampler_restarts"] == 1.0
+    log = (out.parent / "driver.log").read_text(errors="replace")
+    assert f"sampler replica 1 ({victim['url']}) failed 3 health checks in a row: hung" in log
+    assert f"replica {replicas[1]['url']} rejoined at policy version" in log
+
+
 def test_a_sampler_serving_other_weights_stops_the_run_before_step_1(tmp_path):
     """The weight probe: the replica serves bfloat16-rounded weights (a real gap of ~1e-3 nats a
     token against the float32 trainer) and the tolerance is set below it, as a wrong transport
