@@ -247,6 +247,16 @@ def check_receive_memory(opts: JobOptions, cfg: Any) -> None:
         )
 
 
+def driver_overrides(opts: JobOptions, *, has_model: bool, has_data: bool) -> list[str]:
+    """The driver's `--set` items in the job: the inputs' bindings, then the user's overrides."""
+    sets = []
+    if has_model:
+        sets.append("model.name_or_path=${{inputs.model}}")
+    if has_data:
+        sets += ["data.source=jsonl", "data.path=${{inputs.data}}"]
+    return sets + list(opts.overrides)
+
+
 def launcher_command(opts: JobOptions, *, has_model: bool, has_data: bool) -> str:
     """The job's command: the per-node launcher with the layout and the driver's overrides."""
     lay = opts.layout
@@ -257,12 +267,7 @@ def launcher_command(opts: JobOptions, *, has_model: bool, has_data: bool) -> st
         "--output-dir ${{outputs.checkpoints}} --model-output ${{outputs.model}}",
         "--ray-auth-token-file ${{inputs.ray_token}}",
     ]
-    sets = []
-    if has_model:
-        sets.append("model.name_or_path=${{inputs.model}}")
-    if has_data:
-        sets += ["data.source=jsonl", "data.path=${{inputs.data}}"]
-    sets += opts.overrides
+    sets = driver_overrides(opts, has_model=has_model, has_data=has_data)
     parts += [f"--set {_quote(s)}" for s in sets]
     if opts.resume:
         parts.append("--resume")

@@ -27,6 +27,7 @@ from deploy.jobspec import (
     JobSpecError,
     check_options,
     check_receive_memory,
+    driver_overrides,
     is_remote,
 )
 
@@ -144,12 +145,7 @@ def _default_ssh_key() -> str | None:
 
 def resolve(args: argparse.Namespace) -> tuple[JobOptions, dict[str, Any], Any]:
     """Merge flags over the config's `azure:` section; returns (options, workspace settings, RunConfig)."""
-    from trainer.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        raise JobSpecError(str(e)) from None
+    cfg = _run_config(args.config, [])
     azure = dict(cfg.azure or {})
     unknown = sorted(set(azure) - set(AZURE_KEYS))
     if unknown:
@@ -200,7 +196,19 @@ def resolve(args: argparse.Namespace) -> tuple[JobOptions, dict[str, Any], Any]:
     workspace = {
         k: pick(k) for k in ("subscription", "resource_group", "workspace", "workspace_config")
     }
-    return opts, workspace, cfg
+    # What the driver will run with: the YAML plus every --set the job passes it, validated now.
+    sets = driver_overrides(opts, has_model=bool(opts.model), has_data=bool(opts.data))
+    return opts, workspace, _run_config(args.config, sets)
+
+
+def _run_config(path: str, sets: list[str]) -> Any:
+    """The RunConfig of `path` with `--set` items applied, validated as the driver does."""
+    from trainer.config import ConfigError, load_config, parse_overrides
+
+    try:
+        return load_config(path, parse_overrides(sets))
+    except ConfigError as e:
+        raise JobSpecError(str(e)) from None
 
 
 def ml_client(workspace: dict[str, Any], credential: Any = None) -> Any:

@@ -7,20 +7,6 @@ import logging
 import os
 import sys
 
-import yaml
-
-
-def _parse_set(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(
-                f"--set {item!r}: expected dotted.key=value (e.g. --set trainer.max_steps=10)"
-            )
-        k, v = item.split("=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
@@ -48,15 +34,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "mlflow", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from trainer.config import ConfigError, load_config
-    from trainer.driver import run
+    from data.loader import DataError
+    from trainer.config import ConfigError, load_config, parse_overrides
+    from trainer.precheck import check_inputs
     from trainer.weight_probe import WeightProbeError
 
-    try:
-        cfg = load_config(a.config, _parse_set(a.set))
+    try:  # config, model folder and data first: they fail in a second, before anything starts
+        cfg = load_config(a.config, parse_overrides(a.set))
+        check_inputs(cfg)
+        from trainer.driver import run
+
         rc = run(cfg, resume="auto" if a.auto_resume else a.resume)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except DataError as e:
+        print(f"error: data: {e}", file=sys.stderr)
         return 2
     except WeightProbeError as e:  # raised in a Ray actor: print its own message, not Ray's
         print(f"error: {getattr(e, 'cause', None) or e}", file=sys.stderr)

@@ -414,7 +414,7 @@ class Run:
         from rewards.pool import make_scorer
         from rewards.registry import reward_name
         from sampler.client import SamplerClient, SamplingSpec
-        from trainer.tracking import Tracker, pip_requirements, tracking_uri
+        from trainer.tracking import open_tracker, pip_requirements
 
         cfg, t = self.cfg, self.cfg.trainer
         self.out.mkdir(parents=True, exist_ok=True)
@@ -516,12 +516,7 @@ class Run:
             await self._all("check_weights", version)
         self._truncate_logs(start_step)
 
-        self.tracker = Tracker(
-            tracking_uri(cfg.mlflow.tracking_uri, str(self.out)),
-            cfg.mlflow.experiment_name,
-            t.run_name,
-            run_id=run_id,
-        )
+        self.tracker = open_tracker(cfg.mlflow, self.out, t.run_name, run_id=run_id)
         if run_id is None:
             self.tracker.params(
                 {
@@ -646,6 +641,18 @@ class Run:
         """Where each replica lives now (URL, PID, restarts): for operators and the chaos test."""
         write_atomic(self.out / "replicas.json", json.dumps(infos, indent=2))
 
+    def _mark_replicas_dead(self) -> None:
+        """At shutdown every replica is stopped: `replicas.json` must not show a dead URL alive."""
+        path = self.out / "replicas.json"
+        if not path.is_file():
+            return
+        try:
+            infos = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            log.warning("replicas.json not updated at shutdown: %r", e)
+            return
+        self._write_replicas([{**info, "alive": False} for info in infos])
+
     def _record_trained(self, step: int, batch: StepBatch) -> None:
         """Audit log: which prompts (and versions) each step trained on. Tests check it for exactness."""
         self._append(
@@ -728,6 +735,7 @@ class Run:
             self.scorer.close()
         for a in [*self.workers, *self.replicas]:
             ray.kill(a)
+        self._mark_replicas_dead()
         if self._owns_ray:
             ray.shutdown()
 

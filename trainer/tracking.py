@@ -1,7 +1,8 @@
 """MLflow tracking for the driver (the only process that logs).
 
 Owns: choosing the tracking URI (AML's ambient one inside a job, else a local sqlite store under
-output_dir), starting/resuming the run, logging params/metrics/artifacts, and the final MLflow
+output_dir) and, for a local store, the artifact folder (output_dir/mlartifacts, never ./mlruns
+of the launch directory), starting/resuming the run, logging params/metrics/artifacts, and the final MLflow
 model. Does not know: what the metrics mean.
 """
 
@@ -23,6 +24,35 @@ def tracking_uri(configured: str | None, output_dir: str) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):  # set by Azure ML inside a job
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+
+
+# Stores that keep only metadata: MLflow's default artifact root for them is ./mlruns of the
+# process's working directory, so two runs launched from one folder would share it.
+_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def artifact_root(uri: str, output_dir: str | Path) -> str | None:
+    """Where a new experiment keeps its artifacts: under the run's output folder for a database
+    store; None (the server's or the store's own choice) for Azure ML, HTTP or file stores."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme in _DATABASE_SCHEMES:
+        return str(Path(output_dir).resolve() / "mlartifacts")
+    return None
+
+
+def open_tracker(
+    mlflow_cfg: Any, output_dir: str | Path, run_name: str | None, run_id: str | None = None
+) -> Tracker:
+    """The driver's tracker for `mlflow_cfg` (trainer.config.MlflowConfig): tables, the model
+    and other artifacts of a local store land in `output_dir/mlartifacts`."""
+    uri = tracking_uri(mlflow_cfg.tracking_uri, str(output_dir))
+    return Tracker(
+        uri,
+        mlflow_cfg.experiment_name,
+        run_name,
+        run_id=run_id,
+        artifact_root=artifact_root(uri, output_dir),
+    )
 
 
 def pip_requirements() -> list[str]:
@@ -53,8 +83,17 @@ class Tracker:
         self._ambient_uri = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(uri)
         self.uri = uri
-        if mlflow.get_experiment_by_name(experiment) is None:
+        existing = mlflow.get_experiment_by_name(experiment)
+        if existing is None:
             mlflow.create_experiment(experiment, artifact_location=artifact_root)
+        elif artifact_root and not _same_location(existing.artifact_location, artifact_root):
+            log.warning(  # an experiment's artifact location is fixed when it is created
+                "MLflow experiment %r keeps its artifacts in %s (set when it was created), not "
+                "in %s: use another mlflow.experiment_name to keep them with this run",
+                experiment,
+                existing.artifact_location,
+                artifact_root,
+            )
         mlflow.set_experiment(experiment)
         self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
         self.run_id = self.run.info.run_id
@@ -121,3 +160,7 @@ class Tracker:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = self._ambient_uri
+
+
+def _same_location(location: str, path: str) -> bool:
+    return location.removeprefix("file://") == str(Path(path))

@@ -52,4 +52,6 @@ def test_tracker_logs_and_final_model_answers_chat(tmp_path, tiny_model_dir, mon
     content = reply["choices"][0]["message"]["content"]
     assert isinstance(content, str) and reply["choices"][0]["message"]["role"] == "assistant"
     local = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "dl"))
+    # the model's files live under the experiment's artifact root, not ./mlruns of the cwd
+    assert list((tmp_path / "artifacts").rglob("model.safetensors")), "model not in artifact root"
     assert "transformers==" in (Path(local) / "requirements.txt").read_text()
