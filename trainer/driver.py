@@ -27,6 +27,7 @@ from trainer.batch import loss_tokens
 from trainer.config import ConfigError, RunConfig
 from trainer.orchestrator import Orchestrator, RolloutSettings, StepBatch
 from trainer.prompts import DataCursor, Prompt, drop_overlong, load_examples, tokenize_prompts
+from trainer.sampling import eval_sampling, rollout_sampling
 
 log = logging.getLogger("trainer")
 
@@ -374,16 +375,8 @@ class Run:
         return await task if task is not None else {}
 
     async def evaluate(self, evals: list[Prompt]) -> dict[str, float]:
-        from sampler.client import SamplingSpec
-
-        t = self.cfg.trainer
-        spec = SamplingSpec(
-            max_tokens=t.max_completion_length,
-            temperature=t.temperature,
-            top_p=t.top_p,
-            top_k=t.top_k,
-        )
-        groups = await self.client.generate([p.token_ids for p in evals], 1, spec)
+        spec, n = eval_sampling(self.cfg.trainer)
+        groups = await self.client.generate([p.token_ids for p in evals], n, spec)
         comps = [[{"role": "assistant", "content": g.completions[0].text}] for g in groups]
         columns: dict[str, list] = {k: [p.columns.get(k) for p in evals] for k in evals[0].columns}
         columns["completion_ids"] = [g.completions[0].token_ids for g in groups]
@@ -427,7 +420,7 @@ class Run:
 
         from rewards.pool import make_scorer
         from rewards.registry import reward_name
-        from sampler.client import SamplerClient, SamplingSpec
+        from sampler.client import SamplerClient
         from trainer.tracking import Tracker, pip_requirements, tracking_uri
 
         cfg, t = self.cfg, self.cfg.trainer
@@ -543,14 +536,7 @@ class Run:
         }
         self.tracker.metrics(dropped, step=start_step)
         names = [reward_name(n) for n in t.reward_funcs]
-        spec = SamplingSpec(
-            max_tokens=t.max_completion_length,
-            temperature=t.temperature,
-            top_p=t.top_p,
-            top_k=t.top_k,
-            min_p=t.min_p,
-            repetition_penalty=t.repetition_penalty,
-        )
+        spec = rollout_sampling(t)
         settings = RolloutSettings(
             t.num_generations,
             cfg.prompts_per_step,
