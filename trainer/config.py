@@ -14,10 +14,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from data.config import DataConfig
 from rewards.config import RewardPoolConfig
+from rewards.spec import RewardSpec, validate_rewards
 from sampler.config import SECRET_FIELDS, SamplerConfig
 from sampler.protocol import SamplingFields
 
@@ -248,15 +256,7 @@ class GRPOSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> GRPOSettings:
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
-            raise ValueError(
-                f"trainer.reward_weights has {len(self.reward_weights)} values but trainer.reward_funcs "
-                f"has {len(self.reward_funcs)}: give one weight per reward function"
-            )
-        if not self.reward_funcs:
-            raise ValueError(
-                "trainer.reward_funcs is empty: name at least one reward (e.g. [accuracy, format])"
-            )
+        # reward_funcs / reward_weights are checked with the rewards: section (RunConfig).
         if self.bf16 and self.fp16:
             raise ValueError("trainer.bf16 and trainer.fp16 are both true: choose one")
         self._check_sampling()
@@ -433,6 +433,7 @@ class RunConfig(BaseModel):
     azure: dict[str, Any] | None = Field(
         None, description="Read by deploy/ only (submit defaults)."
     )
+    _reward_spec: RewardSpec | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
@@ -465,7 +466,16 @@ class RunConfig(BaseModel):
         problems = self._sampler_limit_problems()
         if problems:
             raise ValueError("; ".join(problems))
+        self._reward_spec = validate_rewards(
+            t.reward_funcs, t.reward_weights, self.rewards, t.max_completion_length
+        )
         return self
+
+    @property
+    def reward_spec(self) -> RewardSpec:
+        """The run's rewards as validated at load (what the driver builds its scorer from)."""
+        assert self._reward_spec is not None  # set by every validation of the model
+        return self._reward_spec
 
     def _sampler_limit_problems(self) -> list[str]:
         """What the trainer will ask of the samplers that their limits refuse (each names both

@@ -418,7 +418,7 @@ class Run:
     async def run_async(self) -> int:
         from transformers import AutoTokenizer
 
-        from rewards.pool import make_scorer
+        from rewards.factory import build_scorer
         from rewards.registry import reward_name
         from sampler.client import SamplerClient
         from trainer.tracking import Tracker, pip_requirements, tracking_uri
@@ -436,13 +436,10 @@ class Run:
                 f"trainer.output_dir {self.out} already holds checkpoints: pass --resume to continue "
                 "that run, or choose another output_dir"
             )
-        from rewards.registry import resolve_reward
-
-        for name in t.reward_funcs:  # fail before anything starts, naming the setting
-            try:
-                resolve_reward(name, max_completion_length=t.max_completion_length)
-            except (ValueError, ImportError) as e:
-                raise ConfigError(f"trainer.reward_funcs: {e}") from None
+        try:  # plugins import here, before anything starts (the rest was validated at load)
+            reward_fns = cfg.reward_spec.resolve()
+        except ValueError as e:
+            raise ConfigError(f"trainer.reward_funcs: {e}") from None
         model_path = self.prepare_model()
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         train_prompts, eval_prompts = self.prepare_prompts(tokenizer, model_path)
@@ -450,12 +447,7 @@ class Run:
         self.cursor = DataCursor(len(train_prompts), t.seed, cfg.data.shuffle)
         dtype = cfg.sampler.dtype if cfg.sampler.dtype != "auto" else cfg.model.torch_dtype
         self.init_ray()
-        self.scorer = make_scorer(
-            t.reward_funcs,
-            t.reward_weights,
-            cfg.rewards,
-            max_completion_length=t.max_completion_length,
-        )
+        self.scorer = build_scorer(cfg.reward_spec, reward_fns)
         resolved = (
             self.out / "resolved_config.yaml"
         )  # what this run actually used, overrides included

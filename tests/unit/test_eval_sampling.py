@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from rewards.pool import RewardBatch
+from rewards.batch import RewardBatch
 from sampler.client import CompletionResult, GroupResult, SamplingSpec
 from trainer.config import parse_config
 from trainer.driver import Run

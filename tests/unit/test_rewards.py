@@ -12,10 +12,10 @@ import pytest
 
 from rewards import make_scorer, resolve_reward, reward_name
 from rewards.accuracy import AMBIGUOUS, extract_choice, make_accuracy, parse_options
+from rewards.batch import RewardBatch, combine
 from rewards.charclass import char_class
 from rewards.config import RewardPoolConfig
 from rewards.format import format_lenient, format_reward
-from rewards.pool import RewardBatch, combine
 from rewards.shaping import make_overlong, repetition_penalty, soft_overlong_penalty
 
 REPO = Path(__file__).resolve().parents[2]
