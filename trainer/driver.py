@@ -22,8 +22,10 @@ from typing import Any
 import yaml
 
 from sampler.config import SECRET_FIELDS
+from sampler.engine import CPU_VLLM_ENV
 from trainer import checkpoints
 from trainer.batch import loss_tokens
+from trainer.cluster import SAMPLER_RESOURCE, TRAINER_RESOURCE
 from trainer.config import ConfigError, RunConfig
 from trainer.orchestrator import Orchestrator, RolloutSettings, StepBatch
 from trainer.prompts import DataCursor, Prompt, drop_overlong, load_examples, tokenize_prompts
@@ -202,7 +204,7 @@ class Run:
         import ray
 
         opts: dict[str, Any] = {
-            "num_cpus": 0.01 if role == "grpo_sampler" else 0.5,
+            "num_cpus": 0.01 if role == SAMPLER_RESOURCE else 0.5,
             "num_gpus": gpus,
         }
         if ray.cluster_resources().get(role):
@@ -241,13 +243,9 @@ class Run:
             return list(s.external_urls)
         gpus = s.tensor_parallel_size if self._has_gpus() else 0
         Actor = ray.remote(max_restarts=0)(SamplerReplica)
-        env = (
-            {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCH_COMPILE_DISABLE": "1"}
-            if not gpus
-            else {}
-        )
+        env = dict(CPU_VLLM_ENV) if not gpus else {}
         self.replicas = [
-            Actor.options(**self._role_options("grpo_sampler", gpus)).remote(
+            Actor.options(**self._role_options(SAMPLER_RESOURCE, gpus)).remote(
                 i,
                 model_path,
                 _sampler_args(config_file, dtype, s.seed + i),
@@ -295,7 +293,7 @@ class Run:
         # the default group (one thread, calls in order) trains.
         Actor = ray.remote(max_restarts=0, concurrency_groups={"push": 1})(TrainerWorker)
         self.workers = [
-            Actor.options(**self._role_options("grpo_trainer", gpus)).remote(
+            Actor.options(**self._role_options(TRAINER_RESOURCE, gpus)).remote(
                 r,
                 p.num_trainer_workers,
                 model_path,
