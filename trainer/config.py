@@ -79,6 +79,12 @@ MODEL_KEYS_IN_TRAINER = (
 )
 
 
+def default_is_mode(max_staleness: int) -> str:
+    """The IS mode when none is set: TRL's sequence_mask on-policy; token_truncate with stale
+    batches (a per-token clip keeps the rest of a stale sequence's signal)."""
+    return "token_truncate" if max_staleness > 0 else "sequence_mask"
+
+
 class GRPOSettings(BaseModel):
     """The trainer section. Names and defaults follow TRL 1.16's `GRPOConfig`."""
 
@@ -277,6 +283,12 @@ class GRPOSettings(BaseModel):
             raise ValueError("; ".join(bad)) from None
 
     @property
+    def importance_sampling_mode(self) -> str:
+        """The IS mode in force: as set, or as RunConfig resolved it from pipeline.max_staleness;
+        settings used without a RunConfig (a bench, a test) are on-policy."""
+        return self.vllm_importance_sampling_mode or default_is_mode(0)
+
+    @property
     def epsilon_upper(self) -> float:
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
@@ -455,8 +467,7 @@ class RunConfig(BaseModel):
             # runs that differ only in trainer.seed would all sample with the same engine stream.
             self.sampler.seed = t.seed
         if t.vllm_importance_sampling_mode is None:
-            stale = self.pipeline.max_staleness > 0
-            t.vllm_importance_sampling_mode = "token_truncate" if stale else "sequence_mask"
+            t.vllm_importance_sampling_mode = default_is_mode(self.pipeline.max_staleness)
         ahead = self.pipeline.dispatch_ahead
         if ahead is not None and ahead < self.pipeline.max_staleness:
             raise ValueError(
@@ -542,11 +553,6 @@ class RunConfig(BaseModel):
             bounds.append(context - self.trainer.max_completion_length)
         known = [b for b in bounds if b is not None]
         return min(known) if known else None
-
-    @property
-    def dispatch_ahead(self) -> int:
-        p = self.pipeline
-        return p.max_staleness if p.dispatch_ahead is None else p.dispatch_ahead
 
     @property
     def completions_per_step(self) -> int:

@@ -537,7 +537,7 @@ class Run:
             cfg.pipeline.max_inflight_prompts,
             names,
             steps,
-            cfg.dispatch_ahead,
+            cfg.pipeline.dispatch_ahead,
             cfg.pipeline.max_failed_reward_fraction,
             cfg.pipeline.failed_reward_window,
         )
