@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -36,7 +36,6 @@ class SamplerProcess:
     url: str
     proc: subprocess.Popen
     log_path: Path
-    args: list[str] = field(default_factory=list)
 
     def log_tail(self, n: int = 4000) -> str:
         try:
@@ -153,5 +152,5 @@ def start_sampler(
             preexec_fn=_die_with_parent if die_with_parent else None,
         )
     url = f"http://{published}:{port}"
-    sp = SamplerProcess(url=url, proc=proc, log_path=log_path, args=args)
+    sp = SamplerProcess(url=url, proc=proc, log_path=log_path)
     return sp.wait_healthy(timeout_s) if wait else sp
