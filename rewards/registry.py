@@ -20,7 +20,7 @@ RewardFn = Callable[..., list[float | None]]
 
 BUILTIN_REWARDS: dict[str, str] = {
     "accuracy": "multiple-choice accuracy against the `solution` column (A-D unless answer_choices)",
-    "format": "strict seed format <think>\\n...\\n</think>\\n<answer>\\n...\\n</answer>",
+    "format": "strict reference-recipe format <think>\\n...\\n</think>\\n<answer>\\n...\\n</answer>",
     "format_lenient": "think/answer structure with relaxed whitespace/case, <think> optional",
     "char_class": "fraction of characters in the class named by `solution` (charclass task)",
     "overlong": "DAPO soft overlong penalty in [-1, 0]; needs max_completion_length",

@@ -1,7 +1,7 @@
 """The run configuration: one YAML, one pydantic model per component.
 
 Owns: `RunConfig` (the whole YAML), the trainer section `GRPOSettings` (TRL `GRPOConfig` field
-names, so a seed-style `grpo_trainer_config.yaml` carries over), the pipeline, model and MLflow
+names, so a recipe-style `grpo_trainer_config.yaml` carries over), the pipeline, model and MLflow
 sections, and `load_config` (clear errors naming the key and the fix).
 Does not know: how components use their sections.
 """
@@ -37,7 +37,7 @@ class ConfigError(ValueError):
 
 
 # TRL/transformers TrainingArguments keys that are meaningless in this service. They are accepted
-# so seed-style configs load, and reported once (never silently): each value says why.
+# so recipe-style configs load, and reported once (never silently): each value says why.
 IGNORED_TRL_KEYS: dict[str, str] = {
     "use_vllm": "generation always runs on the vLLM sampler service",
     "report_to": "metrics always go to MLflow (AML's tracking inside a job)",
@@ -67,7 +67,7 @@ SAMPLING_HINTS: dict[str, str] = {
     "min_p": "a fraction in [0, 1]; null disables it",
     "repetition_penalty": "the sampler accepts (0, 10]; 1.0 disables it",
 }
-# Keys TRL's ModelConfig owns but seed-style configs put at top level: moved to the model section.
+# Keys TRL's ModelConfig owns but recipe-style configs put at top level: moved to the model section.
 MODEL_KEYS_IN_TRAINER = (
     "torch_dtype",
     "attn_implementation",
@@ -568,8 +568,8 @@ class RunConfig(BaseModel):
         return self.completions_per_step // self.trainer.num_generations
 
 
-def _split_seed_style(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """A flat seed-style YAML (TRL keys at top level) becomes {trainer: ..., model: ...}."""
+def _split_recipe_style(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A flat recipe-style YAML (TRL keys at top level) becomes {trainer: ..., model: ...}."""
     sections = set(RunConfig.model_fields)
     if not raw or set(raw) <= sections:
         return raw, []
@@ -578,7 +578,9 @@ def _split_seed_style(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     trainer = dict(nested.get("trainer") or {})
     trainer.update(flat)
     nested["trainer"] = trainer
-    return nested, [f"{len(flat)} top-level keys read as the trainer section (seed/TRL style)"]
+    return nested, [
+        f"{len(flat)} top-level keys read as the trainer section (reference-recipe/TRL style)"
+    ]
 
 
 def _move_model_and_ignored(data: dict[str, Any]) -> list[str]:
@@ -640,12 +642,12 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 
 def parse_config(raw: dict[str, Any] | None, source: str = "<dict>") -> RunConfig:
-    """Validate a mapping (nested sections, or flat seed-style TRL keys) into a RunConfig."""
+    """Validate a mapping (nested sections, or flat recipe-style TRL keys) into a RunConfig."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
-    data, notes = _split_seed_style(dict(raw))
+    data, notes = _split_recipe_style(dict(raw))
     notes += _move_model_and_ignored(data)
     for n in notes:
         log.info("config %s: %s", source, n)
@@ -665,7 +667,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     if overrides:
-        raw, _ = _split_seed_style(raw) if isinstance(raw, dict) else (raw, [])
+        raw, _ = _split_recipe_style(raw) if isinstance(raw, dict) else (raw, [])
         for dotted, value in overrides.items():
             cur = raw
             *parents, leaf = dotted.split(".")
