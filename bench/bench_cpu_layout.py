@@ -22,30 +22,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MODELS = {
-    "tiny": {},
-    "25m": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 2},
-    "100m": {"hidden_size": 1024, "num_layers": 11, "num_heads": 16, "num_kv_heads": 4},
-}
-
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=sorted(MODELS), default="25m")
+    from bench.presets import MODEL_PRESETS, add_model_argument
+
+    add_model_argument(p, default="25m")
     p.add_argument("--prompts", type=int, default=2)
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args()
-    os.environ.update(
-        VLLM_ENABLE_V1_MULTIPROCESSING="0", TORCH_COMPILE_DISABLE="1", OMP_NUM_THREADS="1"
-    )
+    from sampler.engine import CPU_THREAD_ENV, CPU_VLLM_ENV
+
+    os.environ.update({**CPU_VLLM_ENV, **CPU_THREAD_ENV})
     from vllm import LLM, SamplingParams
 
     from data.tiny_model import build_tiny_model
     from sampler.engine import WORKER_EXTENSION
 
-    model = build_tiny_model(Path(tempfile.mkdtemp()) / "m", seed=0, **MODELS[a.model])
+    model = build_tiny_model(Path(tempfile.mkdtemp()) / "m", seed=0, **MODEL_PRESETS[a.model])
     llm = LLM(
         model=str(model),
         dtype="float32",

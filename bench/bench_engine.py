@@ -25,11 +25,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MODELS = {
-    "tiny": {},
-    "25m": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 2},
-}
-
 
 def _samples(seed: int, n: int, g: int, prompt_len: int, completion_len: int, vocab: int) -> list:
     from trainer.types import ScoredSample
@@ -100,7 +95,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    from bench.presets import MODEL_PRESETS, add_model_argument
+
+    add_model_argument(ap, default="tiny")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--mbs", type=int, default=4, help="per_device_train_batch_size")
     ap.add_argument("--gas", type=int, default=2, help="gradient_accumulation_steps")
@@ -121,7 +118,7 @@ def main() -> int:
 
     variants = [(int(v.split(":")[0]), v.split(":")[1]) for v in args.variants.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = str(build_tiny_model(Path(tmp) / "model", seed=0, **MODELS[args.model]))
+        model_dir = str(build_tiny_model(Path(tmp) / "model", seed=0, **MODEL_PRESETS[args.model]))
         env = {"OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
         res = {}
         for stage, optim in variants:

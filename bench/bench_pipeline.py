@@ -1,7 +1,7 @@
 """Pipeline throughput: async (max_staleness 1, 2) vs synchronous (0) vs stock TRL GRPOTrainer.
 
-    python bench/bench_pipeline.py --model-size 25m --steps 12          # generation-dominated workload
-    python bench/bench_pipeline.py --model-size tiny --steps 12
+    python bench/bench_pipeline.py --model 25m --steps 12          # generation-dominated workload
+    python bench/bench_pipeline.py --model tiny --steps 12
 
 One command runs every variant on the same model, prompts, batch, G, completion length, learning
 rate and reward (the offline charclass task), one after another, and prints trained samples/s with
@@ -23,14 +23,26 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SIZES = {
-    "tiny": {},
-    "25m": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 2},
-}
 
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
+
+
+def pipeline_env() -> dict[str, str]:
+    """The environment every pipeline run of a bench gets (CPU vLLM, one thread per process)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from sampler.engine import CPU_VLLM_ENV
+
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "RAY_AUTH_MODE": "disabled",
+        **CPU_VLLM_ENV,
+    }
 
 
 def run_pipeline(
@@ -84,8 +96,11 @@ def summarise(name: str, metrics: list[dict], batch: int, warmup: int) -> dict:
 
 
 def main() -> None:
+    sys.path.insert(0, str(REPO))
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model-size", choices=sorted(SIZES), default="25m")
+    from bench.presets import MODEL_PRESETS, add_model_argument
+
+    add_model_argument(p, default="25m")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--prompts-per-step", type=int, default=2)
@@ -109,19 +124,11 @@ def main() -> None:
         help="extra run-config override for every pipeline run (e.g. sampler.cpu_weight_layout=packed)",
     )
     a = p.parse_args()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "RAY_AUTH_MODE": "disabled",
-        "TORCH_COMPILE_DISABLE": "1",
-    }
-    sys.path.insert(0, str(REPO))
+    env = pipeline_env()
     from data.tiny_model import build_tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
-    model = build_tiny_model(tmp / "model", seed=0, **SIZES[a.model_size])
+    model = build_tiny_model(tmp / "model", seed=0, **MODEL_PRESETS[a.model])
     batch = a.prompts_per_step * a.num_generations
     cfg = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
     cfg["model"]["name_or_path"] = str(model)
@@ -204,7 +211,7 @@ def main() -> None:
     sync = base.get("pipeline max_staleness=0")
     trl = base.get("stock TRL GRPOTrainer")
     print(
-        f"\nmodel {a.model_size}, {a.prompts_per_step} prompts x G={a.num_generations}, "
+        f"\nmodel {a.model}, {a.prompts_per_step} prompts x G={a.num_generations}, "
         f"{a.max_completion_length} completion tokens, {a.steps} steps (first {a.warmup} excluded), "
         f"seed {a.seed}"
     )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -26,7 +25,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pipeline import REPO, run_pipeline, summarise  # noqa: E402
+from bench_pipeline import REPO, pipeline_env, run_pipeline, summarise  # noqa: E402
 
 
 class Flood:
@@ -82,13 +81,7 @@ def main() -> None:
     p.add_argument("--flood-tokens", type=int, default=256, help="max_tokens of each request")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     a = p.parse_args()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "TORCH_COMPILE_DISABLE": "1",
-    }
+    env = pipeline_env()
     tmp = Path(tempfile.mkdtemp(prefix="bench_flood_"))
     cfg = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
     cfg["trainer"].update(max_steps=a.steps, save_steps=10_000, eval_steps=None)

@@ -22,11 +22,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MODELS = {
-    "tiny": {},
-    "25m": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 2},
-}
-
 
 def prompts_for(n_prompts: int) -> list[list[int]]:
     return [[10 + i, 20 + i, 30 + i, 40 + i, 50 + i, 60 + i] for i in range(n_prompts)]
@@ -90,7 +85,9 @@ async def run_both(model: Path, prompts, n: int, max_tokens: int, repeats: int, 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=sorted(MODELS), default="25m")
+    from bench.presets import MODEL_PRESETS, add_model_argument
+
+    add_model_argument(p, default="25m")
     p.add_argument("--prompts", type=int, default=2)
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=128)
@@ -101,7 +98,7 @@ def main() -> int:
 
     set_cpu_env()
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_tiny_model(Path(tmp) / "m", seed=0, **MODELS[a.model])
+        model = build_tiny_model(Path(tmp) / "m", seed=0, **MODEL_PRESETS[a.model])
         prompts = prompts_for(a.prompts)
         print(
             f"model={a.model} prompts={a.prompts} n={a.n} max_tokens={a.max_tokens} repeats={a.repeats}"

@@ -30,12 +30,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MODELS = {
-    "tiny": {},
-    # ~98M parameters (392 MB float32): 11 layers of hidden 1024, 16 heads, 4 kv heads.
-    "100m": {"hidden_size": 1024, "num_layers": 11, "num_heads": 16, "num_kv_heads": 4},
-}
-
 _RECEIVER = """
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, {root!r})
@@ -133,7 +127,9 @@ async def pushes(
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    from bench.presets import MODEL_PRESETS, add_model_argument
+
+    add_model_argument(p, default="tiny")
     p.add_argument("--bucket-mb", type=float, default=64)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument(
@@ -157,8 +153,8 @@ def main() -> int:
 
     bucket_bytes = int(a.bucket_mb * (1 << 20))
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_tiny_model(Path(tmp) / "a", seed=0, **MODELS[a.model])
-        other = build_tiny_model(Path(tmp) / "b", seed=1, **MODELS[a.model])
+        model = build_tiny_model(Path(tmp) / "a", seed=0, **MODEL_PRESETS[a.model])
+        other = build_tiny_model(Path(tmp) / "b", seed=1, **MODEL_PRESETS[a.model])
         state = AutoModelForCausalLM.from_pretrained(other, dtype=torch.float32).state_dict()
         # What actually travels: tied weights are one tensor in memory but sent under both names.
         nbytes = sum(t.numel() * t.element_size() for t in state.values())

@@ -13,7 +13,7 @@ class DataConfig(BaseModel):
     source: Literal["charclass", "jsonl"] = Field(
         "charclass",
         description="'charclass': the offline synthetic task (data.synthetic), generated in memory; "
-        "'jsonl': a folder of <split>.jsonl files in the seed's {id, problem, solution} format.",
+        "'jsonl': a folder of <split>.jsonl files in the reference recipe's {id, problem, solution} format.",
     )
     path: str | None = Field(
         None,
@@ -30,7 +30,7 @@ class DataConfig(BaseModel):
     )
     system_prompt: str | None = Field(
         None,
-        description="Optional system message. The seed puts its instructions in `problem` itself.",
+        description="Optional system message. The reference recipe puts its instructions in `problem` itself.",
     )
     num_train_examples: int | None = Field(
         None, ge=1, description="Use only the first N training rows (charclass: rows generated)."

@@ -1,4 +1,4 @@
-"""Load prompt datasets in the seed's jsonl format and turn rows into chat prompts.
+"""Load prompt datasets in the reference recipe's jsonl format and turn rows into chat prompts.
 
 Owns: reading `{id, problem, solution}` jsonl splits (train/validation/test), validating every
 row (errors name file, line and field), and building chat messages. Does not know: tokenizers,
@@ -110,7 +110,7 @@ def load_dataset_dir(
 
 
 def to_chat(example: Example, system_prompt: str | None = None) -> list[dict[str, str]]:
-    """Chat messages for one row. The seed puts its instructions inside `problem` itself (reason in
+    """Chat messages for one row. The reference recipe puts its instructions inside `problem` itself (reason in
     <think>, answer in <answer>, last line `Final Answer: X`); a system prompt is optional."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": example.problem})

@@ -1,9 +1,9 @@
-"""Convert the public MedMCQA dataset into the seed's jsonl format.
+"""Convert the public MedMCQA dataset into the reference recipe's jsonl format.
 
 Public rows look like `{id, question, opa, opb, opc, opd, cop, choice_type, ...}` with `cop` the
 0-based correct option (-1 where the split has no labels). Only single-answer questions with a
-label are kept, as the seed did; each skipped row is counted and reported, never dropped silently.
-Output rows: `{id, problem, solution}` with the seed's instruction text.
+label are kept, as the reference recipe did; each skipped row is counted and reported, never dropped silently.
+Output rows: `{id, problem, solution}` with the reference recipe's instruction text.
 
 Owns: the conversion and the command line. Does not know: training or rewards.
 
@@ -34,13 +34,13 @@ HUB_DATASET = "openlifescienceai/medmcqa"
 
 
 def format_problem(question: str, options: list[str]) -> str:
-    """The seed's prompt text: instructions, a blank line, the question, then lettered options."""
+    """The reference recipe's prompt text: instructions, a blank line, the question, then lettered options."""
     lines = [f"{LETTERS[i]}. {opt}" for i, opt in enumerate(options)]
     return f"{SEED_INSTRUCTIONS}\n\n{question}\nOptions:\n" + "\n".join(lines) + "\n"
 
 
 def convert_row(row: dict[str, Any]) -> tuple[dict[str, str] | None, str | None]:
-    """One public row -> (seed row, None) or (None, reason it was skipped)."""
+    """One public row -> (reference-recipe row, None) or (None, reason it was skipped)."""
     if str(row.get("choice_type", "single")).lower() != "single":
         return None, "multi-answer question"
     try:

@@ -4,7 +4,7 @@ Task "charclass": each prompt asks for a reply made only of one character class 
 capital letters or lowercase letters). The reward (`rewards` registry name `char_class`) is the
 fraction of non-space characters of the completion in the requested class, so it is dense: a
 random policy already scores 0.04-0.1 and every step of improvement is visible.
-Rows use the seed's jsonl shape `{id, problem, solution}`; `solution` is the class name.
+Rows use the reference recipe's jsonl shape `{id, problem, solution}`; `solution` is the class name.
 
 Owns: generating rows deterministically. Does not know: rewards, models, training.
 

@@ -31,11 +31,11 @@ from deploy.layout import (
     check_set_override,
     check_world,
     read_node_env,
-    scrub_torch_env,
 )
 from deploy.raynode import RayNode, ray_executable, ray_start_command
 from deploy.reaper import MARK, Reaper, new_mark
 from deploy.rendezvous import HeadRendezvous, RendezvousError, WorkerRendezvous
+from trainer.cluster import scrub_torch_env
 
 log = logging.getLogger("deploy.launch")
 

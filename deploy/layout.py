@@ -1,11 +1,11 @@
 """Node layout of one multi-node job: which node does what, and what each node tells Ray.
 
-Owns: `Layout` (sampler/trainer node counts and GPUs per node), role-by-rank assignment, the Ray
-custom resources each node advertises, the torch/MPI environment variables that must not leak into
-role processes, reading AML's per-node variables (`NodeEnv`) and the consistency checks shared by
-`deploy.submit` (before submitting) and `deploy.launch` (on each node).
+Owns: `Layout` (sampler/trainer node counts and GPUs per node), role-by-rank assignment, which
+of the driver's Ray custom resources (named in trainer.cluster) each node advertises, reading
+AML's per-node variables (`NodeEnv`) and the consistency checks shared by `deploy.submit` (before
+submitting) and `deploy.launch` (on each node).
 Does not know: Azure, Ray's Python API, or how the driver places its actors (it only asks for the
-resources named here). Pure functions; no heavy imports.
+resources named in trainer.cluster). Pure functions; no heavy imports.
 """
 
 from __future__ import annotations
@@ -15,33 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from trainer.cluster import SAMPLER_RESOURCE, TRAINER_RESOURCE
+
 Role = Literal["sampler", "trainer"]
-
-# The driver places sampler replicas and trainer processes by these Ray custom resources.
-SAMPLER_RESOURCE = "grpo_sampler"
-TRAINER_RESOURCE = "grpo_trainer"
-
-# Variables that torchrun / AML's PyTorch distribution / MPI set for *one process per node*. Left in
-# place they make DeepSpeed or Ray Train believe they are rank NODE_RANK of a WORLD_SIZE-process
-# group (env:// init), so every role process must start without them.
-TORCH_ENV_VARS: tuple[str, ...] = (
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "LOCAL_WORLD_SIZE",
-    "NODE_RANK",
-    "GROUP_RANK",
-    "GROUP_WORLD_SIZE",
-    "ROLE_RANK",
-    "ROLE_NAME",
-    "ROLE_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "TORCH_DISTRIBUTED_INIT_METHOD",
-    "PMI_RANK",
-    "PMI_SIZE",
-)
-TORCH_ENV_PREFIXES: tuple[str, ...] = ("TORCHELASTIC_", "OMPI_COMM_WORLD_", "PMIX_RANK")
 
 
 class LayoutError(ValueError):
@@ -216,18 +192,6 @@ def check_run_config(layout: Layout, cfg: Any) -> list[str]:
         trainer_workers=cfg.pipeline.num_trainer_workers,
         trainer_gpus_per_worker=cfg.pipeline.trainer_gpus_per_worker,
     )
-
-
-def scrub_torch_env(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
-    """A copy of `env` without the per-node torch/MPI variables, and the names removed (sorted)."""
-    clean: dict[str, str] = {}
-    removed: list[str] = []
-    for key, value in env.items():
-        if key in TORCH_ENV_VARS or key.startswith(TORCH_ENV_PREFIXES):
-            removed.append(key)
-        else:
-            clean[key] = value
-    return clean, sorted(removed)
 
 
 _SET_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=")

@@ -4,7 +4,7 @@ Owns: `extract_choice` (the chosen option of one completion, or None / AMBIGUOUS
 `parse_options` (option texts listed in a prompt) and the `accuracy` reward.
 Does not know: datasets on disk, the pool, weights.
 
-Keeps the seed's intent (`Final Answer: X` on the last line, `<answer>X</answer>`, `X.`) and fixes
+Keeps the reference recipe's intent (`Final Answer: X` on the last line, `<answer>X</answer>`, `X.`) and fixes
 its bugs; every rule is documented with examples in docs/rewards.md. In short:
 - an answer is *stated* by a marker (`Final Answer:`, `Answer:`, `the answer is`), an
   `<answer>` block or `\\boxed{X}`; the last stated answer that names an option wins;
@@ -195,7 +195,7 @@ def extract_choice(
         choice = parse_choice(span, choices, options, scan_tokens=scan)
         if choice is not None:
             return choice
-    # The seed's fallback: a last line that is a bare option (`C`, `C.`, `(C)`).
+    # The reference recipe's fallback: a last line that is a bare option (`C`, `C.`, `(C)`).
     tail = _TAG.sub("\n", text[-(_MAX_SPAN * 4) :]).rstrip()
     last = tail.rpartition("\n")[2]
     bare = _patterns(tuple(choices))[0]

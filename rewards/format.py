@@ -1,4 +1,4 @@
-"""The seed's output structure: `<think>` reasoning `</think>` then `<answer>` answer `</answer>`.
+"""The reference recipe's output structure: `<think>` reasoning `</think>` then `<answer>` answer `</answer>`.
 
 Owns: `format` (strict) and `format_lenient`, both 1.0 / 0.0 per completion.
 Does not know: whether the answer is right (that is `accuracy`).
@@ -6,7 +6,7 @@ Does not know: whether the answer is right (that is `accuracy`).
 Seed: `^<think>\\n.*?\\n</think>\\n<answer>\\n.*?\\n</answer>$` with DOTALL|MULTILINE. Its `$`
 matches at any line end, so text after `</answer>` passed, and `.*?` let a second block hide
 inside the first. Decisions (examples in docs/rewards.md):
-- strict: exactly the seed's layout (tags on their own lines, `\\n` after each opening tag and
+- strict: exactly the reference recipe's layout (tags on their own lines, `\\n` after each opening tag and
   before each closing tag), each tag exactly once, non-blank reasoning and answer, nothing
   before `<think>` and only whitespace after `</answer>` (a trailing newline is not a new answer);
 - lenient: each tag at most once (`<think>` may be missing because chat templates such as
@@ -28,7 +28,7 @@ _ANY_TAG = re.compile(r"</?(?:think|answer)>", re.I)
 
 
 def is_strict_format(text: str) -> bool:
-    """True if `text` has exactly the seed's layout (see the module docstring)."""
+    """True if `text` has exactly the reference recipe's layout (see the module docstring)."""
     if any(text.count(tag) != 1 for tag in _TAGS):
         return False
     m = _STRICT.fullmatch(text)
@@ -54,7 +54,7 @@ def is_lenient_format(text: str) -> bool:
 
 
 def format_reward(prompts: list, completions: list, **_: Any) -> list[float | None]:
-    """Strict seed format: 1.0 or 0.0."""
+    """Strict reference-recipe format: 1.0 or 0.0."""
     return [1.0 if is_strict_format(completion_text(c)) else 0.0 for c in completions]
 
 

@@ -1,6 +1,6 @@
 """The Ray reward pool: reward actors that score batches with timeouts, retries and isolation.
 
-Owns: `RayScorer` (same interface as rewards.pool.InProcessScorer), the dispatcher that splits
+Owns: `RayScorer` (same interface as rewards.inprocess.InProcessScorer), the dispatcher that splits
 requests across idle actors and coalesces small concurrent requests into one actor call, and
 actor replacement. Does not know: reward semantics (rewards.execution runs them inside actors).
 
@@ -26,17 +26,10 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from rewards.config import RewardPoolConfig
+from rewards.batch import RewardBatch, build_batch
 from rewards.execution import FuncResult, check_batch, describe_item, run_rewards
-from rewards.pool import (
-    RewardBatch,
-    build_batch,
-    check_weights,
-    is_inline,
-    resolve_all,
-    unique_names,
-)
-from rewards.registry import reward_inputs, reward_name
+from rewards.registry import RewardFn, reward_inputs, reward_name
+from rewards.spec import RewardSpec
 from rewards.worker import RewardWorker
 
 # Ray turns a 127.0.0.1 node address into the machine's routable one unless cluster mode is off,
@@ -121,18 +114,14 @@ def _merge(
 class RayScorer:
     """Scores on `config.num_workers` Ray actors. See the module docstring."""
 
-    def __init__(
-        self,
-        reward_funcs: list[str],
-        reward_weights: list[float] | None,
-        config: RewardPoolConfig,
-        *,
-        max_completion_length: int | None = None,
-    ) -> None:
+    def __init__(self, spec: RewardSpec, fns: dict[str, RewardFn]) -> None:
+        """`spec` validated (rewards.spec), `fns` its callables resolved in this process (the
+        inline ones run here; every reward's declared inputs decide what is shipped)."""
         import ray
 
-        self.names = tuple(unique_names(reward_funcs))
-        self.weights = check_weights(self.names, reward_weights)
+        config = spec.config
+        self.names = spec.names
+        self.weights = spec.weights
         self.config = config
         self._owns_ray = False
         if not ray.is_initialized():
@@ -149,13 +138,12 @@ class RayScorer:
         self._actor_cls = ray.remote(RewardWorker).options(
             num_cpus=config.num_cpus_per_worker, max_restarts=0, runtime_env=runtime_env
         )
-        self._init_args = (list(reward_funcs), config.model_dump(), max_completion_length)
-        fns = resolve_all(reward_funcs, config, max_completion_length)
+        self._init_args = (spec,)
         self._inputs = {
-            reward_name(spec): reward_inputs(spec, fns[reward_name(spec)]) for spec in reward_funcs
+            reward_name(f): reward_inputs(f, fns[reward_name(f)]) for f in spec.reward_funcs
         }
         # Built-ins run in the driver when config.inline_builtins (see RewardPoolConfig).
-        inline = {reward_name(s) for s in reward_funcs if is_inline(s, config)}
+        inline = {reward_name(f) for f in spec.reward_funcs if spec.is_inline(f)}
         self._inline_fns = {n: fns[n] for n in self.names if n in inline}
         self._remote_names = tuple(n for n in self.names if n not in inline)
         self._actors: list[Any] = [None] * config.num_workers

@@ -1,7 +1,8 @@
 """Reward lookup: built-in names and `package.module:function` plugins.
 
-Owns: `resolve_reward` (name or import path -> callable) and `reward_name` (the metric-safe name
-used in `rewards/<name>/mean`). Does not know: how rewards are executed (see rewards.pool).
+Owns: `check_reward_name` (a name or import path is well formed, nothing imported),
+`resolve_reward` (name or import path -> callable) and `reward_name` (the metric-safe name used in
+`rewards/<name>/mean`). Does not know: how rewards are executed (rewards.factory and below).
 
 Every reward follows TRL's calling convention: `fn(prompts, completions, **columns)` ->
 `list[float | None]`, where columns hold `completion_ids` and every dataset column, each a list
@@ -19,7 +20,7 @@ RewardFn = Callable[..., list[float | None]]
 
 BUILTIN_REWARDS: dict[str, str] = {
     "accuracy": "multiple-choice accuracy against the `solution` column (A-D unless answer_choices)",
-    "format": "strict seed format <think>\\n...\\n</think>\\n<answer>\\n...\\n</answer>",
+    "format": "strict reference-recipe format <think>\\n...\\n</think>\\n<answer>\\n...\\n</answer>",
     "format_lenient": "think/answer structure with relaxed whitespace/case, <think> optional",
     "char_class": "fraction of characters in the class named by `solution` (charclass task)",
     "overlong": "DAPO soft overlong penalty in [-1, 0]; needs max_completion_length",
@@ -47,6 +48,21 @@ def _unknown(name_or_path: str, why: str) -> ValueError:
     )
 
 
+def check_reward_name(name_or_path: str) -> str:
+    """The stripped name if it is a built-in or a well-formed import path (nothing imported),
+    else ValueError naming the reward and the fix."""
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise _unknown(str(name_or_path), "a reward must be a non-empty string")
+    name = name_or_path.strip()
+    if name in BUILTIN_REWARDS:
+        return name
+    if ":" not in name:
+        raise _unknown(name, "not a built-in name and not an import path (no ':')")
+    if not _IMPORT_PATH.match(name):
+        raise _unknown(name, "malformed import path")
+    return name
+
+
 def resolve_reward(
     name_or_path: str,
     *,
@@ -60,9 +76,7 @@ def resolve_reward(
     `accuracy`; `overlong_buffer` is DAPO's L_cache in tokens (default max_completion_length // 4).
     Raises ValueError naming the reward, the known names and the fix.
     """
-    if not isinstance(name_or_path, str) or not name_or_path.strip():
-        raise _unknown(str(name_or_path), "a reward must be a non-empty string")
-    name = name_or_path.strip()
+    name = check_reward_name(name_or_path)
     if name == "accuracy":
         from rewards.accuracy import DEFAULT_CHOICES, make_accuracy
 
@@ -92,10 +106,6 @@ def resolve_reward(
         from rewards.shaping import make_overlong
 
         return make_overlong(max_completion_length, overlong_buffer)
-    if ":" not in name:
-        raise _unknown(name, "not a built-in name and not an import path (no ':')")
-    if not _IMPORT_PATH.match(name):
-        raise _unknown(name, "malformed import path")
     module_name, func_name = name.split(":")
     try:
         module = importlib.import_module(module_name)

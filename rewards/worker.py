@@ -8,21 +8,17 @@ restarts (the pool's job: a hung or dead actor is killed and replaced from outsi
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from rewards.config import RewardPoolConfig
 from rewards.execution import FuncResult, run_rewards
+from rewards.spec import RewardSpec
 
 
 class RewardWorker:
-    """Resolves `reward_funcs` once (plugins are imported on this worker) and scores batches."""
+    """Resolves the rewards of a validated spec once (plugins import on this worker) and scores
+    batches."""
 
-    def __init__(
-        self, reward_funcs: list[str], config: dict[str, Any], max_completion_length: int | None
-    ) -> None:
-        from rewards.pool import resolve_all
-
-        self._fns = resolve_all(reward_funcs, RewardPoolConfig(**config), max_completion_length)
+    def __init__(self, spec: RewardSpec) -> None:
+        self._fns = spec.resolve()
 
     def ping(self) -> int:
         """The worker's pid (a started actor answers; used as the readiness check)."""

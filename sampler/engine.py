@@ -15,6 +15,12 @@ from typing import Any
 from sampler.config import SamplerConfig
 
 CPU_DEFAULT_KV_CACHE_BYTES = 256 << 20
+# What vLLM needs on CPU, set before vLLM is imported: the in-process engine core (no forked
+# engine process) and no torch.compile. The one copy: `set_cpu_env`, `sampler.launch.child_env`
+# and the driver's CPU replicas all read it.
+CPU_VLLM_ENV: dict[str, str] = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCH_COMPILE_DISABLE": "1"}
+# One OpenMP thread per process unless the user says otherwise (CPU tests share a few cores).
+CPU_THREAD_ENV: dict[str, str] = {"OMP_NUM_THREADS": "1"}
 WORKER_EXTENSION = "sampler.weight_sync.WeightSyncExtension"
 
 
@@ -53,9 +59,8 @@ def cpu_threads_bind(tensor_parallel_size: int, cores: list[int]) -> str:
 
 def set_cpu_env(tensor_parallel_size: int = 1) -> None:
     """Environment vLLM needs on CPU (must be set before vLLM is imported); keeps user overrides."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    for key, value in {**CPU_VLLM_ENV, **CPU_THREAD_ENV}.items():
+        os.environ.setdefault(key, value)
     if tensor_parallel_size > 1 and not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
         cores = sorted(os.sched_getaffinity(0))
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind(tensor_parallel_size, cores)

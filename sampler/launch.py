@@ -1,7 +1,7 @@
 """Start and stop `python -m sampler` replicas as subprocesses (the driver's replica actors,
 tests, benchmarks).
 
-Owns: free-port picking, the child environment (CPU settings for tests), polling /health with a
+Owns: the child environment (CPU settings for tests), polling /health with a
 deadline, tying the server's life to its parent's, and killing a replica's whole process group
 (the vLLM engine core may be a child of the server).
 Does not know: what the replica is used for, Ray.
@@ -13,21 +13,16 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on `host` right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+from sampler.engine import CPU_THREAD_ENV, CPU_VLLM_ENV
+from sampler.netaddr import free_port
 
 
 def _die_with_parent() -> None:
@@ -41,7 +36,6 @@ class SamplerProcess:
     url: str
     proc: subprocess.Popen
     log_path: Path
-    args: list[str] = field(default_factory=list)
 
     def log_tail(self, n: int = 4000) -> str:
         try:
@@ -88,14 +82,7 @@ class SamplerProcess:
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment plus the CPU settings tests and benchmarks run vLLM with."""
     env = dict(os.environ)
-    env.update(
-        {
-            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-            "TORCH_COMPILE_DISABLE": "1",
-            "OMP_NUM_THREADS": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-    )
+    env.update({**CPU_VLLM_ENV, **CPU_THREAD_ENV, "TOKENIZERS_PARALLELISM": "false"})
     env.update(extra or {})
     return env
 
@@ -165,5 +152,5 @@ def start_sampler(
             preexec_fn=_die_with_parent if die_with_parent else None,
         )
     url = f"http://{published}:{port}"
-    sp = SamplerProcess(url=url, proc=proc, log_path=log_path, args=args)
+    sp = SamplerProcess(url=url, proc=proc, log_path=log_path)
     return sp.wait_healthy(timeout_s) if wait else sp

@@ -4,7 +4,8 @@ Owns: the two questions every cross-node connection of the run asks: "what is my
 route to that peer?" (`route_source`, asked of the kernel's routing table) and "which network
 interface has that address?" (`interface_of`, for gloo's device, which otherwise binds to whatever
 `gethostname()` resolves to: 127.0.0.1 or 127.0.1.1 on many machines, so a peer on another node
-dials its own loopback). Stdlib only; no packet is ever sent.
+dials its own loopback), plus `free_port` (a port free on this machine now; the trainer picks its
+rendezvous ports with it too). Stdlib only; no packet is ever sent.
 Does not know: Ray, torch, what the connection is for.
 """
 
@@ -65,3 +66,10 @@ def gloo_device(local_ip: str):  # -> torch ProcessGroupGloo.Device
     import torch.distributed as dist
 
     return dist.ProcessGroupGloo.create_device(hostname=local_ip)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on `host` right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

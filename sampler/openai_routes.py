@@ -80,8 +80,9 @@ def chat_logprobs(token_ids: Any, logprobs: Any, top_n: int) -> dict | None:
     return {"content": content}
 
 
-def _usage(prompts: list[list[int]], n: int, completion_tokens: int) -> dict:
-    p = sum(len(x) for x in prompts) * 1
+def _usage(prompts: list[list[int]], completion_tokens: int) -> dict:
+    """OpenAI's usage block: each prompt counts once, whatever `n`."""
+    p = sum(len(x) for x in prompts)
     return {
         "prompt_tokens": p,
         "completion_tokens": completion_tokens,
@@ -139,9 +140,7 @@ class OpenAIHandler:
         self.svc.metrics.observe_request(
             "completions", time.perf_counter() - t0, sum(map(len, prompts)), n_tok
         )
-        return self._body(
-            "cmpl", "text_completion", choices, _usage(prompts, req.n, n_tok), version
-        )
+        return self._body("cmpl", "text_completion", choices, _usage(prompts, n_tok), version)
 
     def _body(
         self, id_prefix: str, kind: str, choices: list, usage: dict, version: int
@@ -199,9 +198,7 @@ class OpenAIHandler:
                 }
             )
         self.svc.metrics.observe_request("chat", time.perf_counter() - t0, len(prompts[0]), n_tok)
-        return self._body(
-            "chatcmpl", "chat.completion", choices, _usage(prompts, req.n, n_tok), version
-        )
+        return self._body("chatcmpl", "chat.completion", choices, _usage(prompts, n_tok), version)
 
     # ------------------------------------------------------------------ streaming
     async def stream(self, req: CompletionRequest | ChatRequest) -> tuple[AsyncIterator[str], int]:
@@ -266,7 +263,7 @@ class OpenAIHandler:
                         n_tok += len(new_ids)
                         yield chunk([choice])
                 if include_usage:
-                    yield chunk([], _usage(prompts, req.n, n_tok))
+                    yield chunk([], _usage(prompts, n_tok))
                 self.svc.metrics.observe_request(
                     "chat" if chat else "completions",
                     time.perf_counter() - t0,

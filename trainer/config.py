@@ -1,7 +1,7 @@
 """The run configuration: one YAML, one pydantic model per component.
 
 Owns: `RunConfig` (the whole YAML), the trainer section `GRPOSettings` (TRL `GRPOConfig` field
-names, so a seed-style `grpo_trainer_config.yaml` carries over), the pipeline, model and MLflow
+names, so a recipe-style `grpo_trainer_config.yaml` carries over), the pipeline, model and MLflow
 sections, and `load_config` (clear errors naming the key and the fix).
 Does not know: how components use their sections.
 """
@@ -15,10 +15,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from data.config import DataConfig
 from rewards.config import RewardPoolConfig
+from rewards.spec import RewardSpec, validate_rewards
 from sampler.config import SECRET_FIELDS, SamplerConfig
 from sampler.protocol import SamplingFields
 
@@ -30,7 +38,7 @@ class ConfigError(ValueError):
 
 
 # TRL/transformers TrainingArguments keys that are meaningless in this service. They are accepted
-# so seed-style configs load, and reported once (never silently): each value says why.
+# so recipe-style configs load, and reported once (never silently): each value says why.
 IGNORED_TRL_KEYS: dict[str, str] = {
     "use_vllm": "generation always runs on the vLLM sampler service",
     "report_to": "metrics always go to MLflow (AML's tracking inside a job)",
@@ -60,7 +68,7 @@ SAMPLING_HINTS: dict[str, str] = {
     "min_p": "a fraction in [0, 1]; null disables it",
     "repetition_penalty": "the sampler accepts (0, 10]; 1.0 disables it",
 }
-# Keys TRL's ModelConfig owns but seed-style configs put at top level: moved to the model section.
+# Keys TRL's ModelConfig owns but recipe-style configs put at top level: moved to the model section.
 MODEL_KEYS_IN_TRAINER = (
     "torch_dtype",
     "attn_implementation",
@@ -70,6 +78,12 @@ MODEL_KEYS_IN_TRAINER = (
     "lora_dropout",
     "lora_target_modules",
 )
+
+
+def default_is_mode(max_staleness: int) -> str:
+    """The IS mode when none is set: TRL's sequence_mask on-policy; token_truncate with stale
+    batches (a per-token clip keeps the rest of a stale sequence's signal)."""
+    return "token_truncate" if max_staleness > 0 else "sequence_mask"
 
 
 class GRPOSettings(BaseModel):
@@ -249,15 +263,7 @@ class GRPOSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> GRPOSettings:
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
-            raise ValueError(
-                f"trainer.reward_weights has {len(self.reward_weights)} values but trainer.reward_funcs "
-                f"has {len(self.reward_funcs)}: give one weight per reward function"
-            )
-        if not self.reward_funcs:
-            raise ValueError(
-                "trainer.reward_funcs is empty: name at least one reward (e.g. [accuracy, format])"
-            )
+        # reward_funcs / reward_weights are checked with the rewards: section (RunConfig).
         if self.bf16 and self.fp16:
             raise ValueError("trainer.bf16 and trainer.fp16 are both true: choose one")
         self._check_sampling()
@@ -276,6 +282,12 @@ class GRPOSettings(BaseModel):
                 for err in e.errors()
             ]
             raise ValueError("; ".join(bad)) from None
+
+    @property
+    def importance_sampling_mode(self) -> str:
+        """The IS mode in force: as set, or as RunConfig resolved it from pipeline.max_staleness;
+        settings used without a RunConfig (a bench, a test) are on-policy."""
+        return self.vllm_importance_sampling_mode or default_is_mode(0)
 
     @property
     def epsilon_upper(self) -> float:
@@ -434,6 +446,7 @@ class RunConfig(BaseModel):
     azure: dict[str, Any] | None = Field(
         None, description="Read by deploy/ only (submit defaults)."
     )
+    _reward_spec: RewardSpec | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
@@ -455,8 +468,7 @@ class RunConfig(BaseModel):
             # runs that differ only in trainer.seed would all sample with the same engine stream.
             self.sampler.seed = t.seed
         if t.vllm_importance_sampling_mode is None:
-            stale = self.pipeline.max_staleness > 0
-            t.vllm_importance_sampling_mode = "token_truncate" if stale else "sequence_mask"
+            t.vllm_importance_sampling_mode = default_is_mode(self.pipeline.max_staleness)
         ahead = self.pipeline.dispatch_ahead
         if ahead is not None and ahead < self.pipeline.max_staleness:
             raise ValueError(
@@ -466,7 +478,16 @@ class RunConfig(BaseModel):
         problems = self._sampler_limit_problems()
         if problems:
             raise ValueError("; ".join(problems))
+        self._reward_spec = validate_rewards(
+            t.reward_funcs, t.reward_weights, self.rewards, t.max_completion_length
+        )
         return self
+
+    @property
+    def reward_spec(self) -> RewardSpec:
+        """The run's rewards as validated at load (what the driver builds its scorer from)."""
+        assert self._reward_spec is not None  # set by every validation of the model
+        return self._reward_spec
 
     def _sampler_limit_problems(self) -> list[str]:
         """What the trainer will ask of the samplers that their limits refuse (each names both
@@ -535,11 +556,6 @@ class RunConfig(BaseModel):
         return min(known) if known else None
 
     @property
-    def dispatch_ahead(self) -> int:
-        p = self.pipeline
-        return p.max_staleness if p.dispatch_ahead is None else p.dispatch_ahead
-
-    @property
     def completions_per_step(self) -> int:
         t = self.trainer
         return (
@@ -554,7 +570,7 @@ class RunConfig(BaseModel):
 
 
 SECTIONS = tuple(RunConfig.model_fields)
-# Keys a flat seed-style YAML may hold at top level (read as the trainer section).
+# Keys a flat recipe-style YAML may hold at top level (read as the trainer section).
 FLAT_TRAINER_KEYS = frozenset(
     {*GRPOSettings.model_fields, *MODEL_KEYS_IN_TRAINER, *IGNORED_TRL_KEYS}
     | {"model_name_or_path", "vllm_importance_sampling_cap"}
@@ -564,7 +580,7 @@ _DOTTED_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 def _unknown_section(key: str, value: Any) -> str | None:
     """The problem with a top-level key that is no section, or None for a flat trainer key (a
-    seed-style file; a misspelt one then fails in the trainer section with its own hint)."""
+    recipe-style file; a misspelt one then fails in the trainer section with its own hint)."""
     if key in SECTIONS or key in FLAT_TRAINER_KEYS:
         return None
     near_section = difflib.get_close_matches(key, SECTIONS, n=1)
@@ -583,8 +599,8 @@ def _check_sections(raw: dict[str, Any], source: str) -> None:
             raise ConfigError(f"invalid configuration in {source}: {problem}")
 
 
-def _split_seed_style(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """A flat seed-style YAML (TRL keys at top level) becomes {trainer: ..., model: ...}."""
+def _split_recipe_style(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A flat recipe-style YAML (TRL keys at top level) becomes {trainer: ..., model: ...}."""
     sections = set(SECTIONS)
     if not raw or set(raw) <= sections:
         return raw, []
@@ -593,7 +609,9 @@ def _split_seed_style(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     trainer = dict(nested.get("trainer") or {})
     trainer.update(flat)
     nested["trainer"] = trainer
-    return nested, [f"{len(flat)} top-level keys read as the trainer section (seed/TRL style)"]
+    return nested, [
+        f"{len(flat)} top-level keys read as the trainer section (reference-recipe/TRL style)"
+    ]
 
 
 def _move_model_and_ignored(data: dict[str, Any]) -> list[str]:
@@ -706,14 +724,14 @@ def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
 def parse_config(
     raw: dict[str, Any] | None, source: str = "<dict>", overridden: frozenset[str] = frozenset()
 ) -> RunConfig:
-    """Validate a mapping (nested sections, or flat seed-style TRL keys) into a RunConfig.
+    """Validate a mapping (nested sections, or flat recipe-style TRL keys) into a RunConfig.
     `overridden` names the dotted keys that came from --set (errors on them say so)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     _check_sections(raw, source)
-    data, notes = _split_seed_style(dict(raw))
+    data, notes = _split_recipe_style(dict(raw))
     notes += _move_model_and_ignored(data)
     for n in notes:
         log.info("config %s: %s", source, n)
@@ -736,7 +754,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     overridden: frozenset[str] = frozenset()
     if overrides and isinstance(raw, dict):
         _check_sections(raw, str(p))
-        raw, _ = _split_seed_style(raw)
+        raw, _ = _split_recipe_style(raw)
         _apply_overrides(raw, overrides)
         flat = {f"trainer.{k}" for k in overrides if "." not in k}
         overridden = frozenset(overrides) | flat

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from sampler.launch import free_port
+from sampler.netaddr import free_port
 
 
 def _worker(

@@ -22,13 +22,16 @@ from typing import Any
 import yaml
 
 from sampler.config import SECRET_FIELDS
+from sampler.engine import CPU_VLLM_ENV
 from trainer import checkpoints
 from trainer.batch import loss_tokens
+from trainer.cluster import SAMPLER_RESOURCE, TRAINER_RESOURCE
 from trainer.config import ConfigError, RunConfig
 from trainer.files import write_atomic, write_secret
 from trainer.healing import ReplicaHealer
 from trainer.orchestrator import Orchestrator, RolloutSettings, StepBatch
 from trainer.prompts import DataCursor, Prompt, drop_overlong, load_examples, tokenize_prompts
+from trainer.sampling import eval_sampling, rollout_sampling
 
 log = logging.getLogger("trainer")
 
@@ -187,7 +190,7 @@ class Run:
         import ray
 
         opts: dict[str, Any] = {
-            "num_cpus": 0.01 if role == "grpo_sampler" else 0.5,
+            "num_cpus": 0.01 if role == SAMPLER_RESOURCE else 0.5,
             "num_gpus": gpus,
         }
         if ray.cluster_resources().get(role):
@@ -226,13 +229,9 @@ class Run:
             return list(s.external_urls)
         gpus = s.tensor_parallel_size if self._has_gpus() else 0
         Actor = ray.remote(max_restarts=0)(SamplerReplica)
-        env = (
-            {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCH_COMPILE_DISABLE": "1"}
-            if not gpus
-            else {}
-        )
+        env = dict(CPU_VLLM_ENV) if not gpus else {}
         self.replicas = [
-            Actor.options(**self._role_options("grpo_sampler", gpus)).remote(
+            Actor.options(**self._role_options(SAMPLER_RESOURCE, gpus)).remote(
                 i,
                 model_path,
                 _sampler_args(config_file, dtype, s.seed + i),
@@ -280,7 +279,7 @@ class Run:
         # the default group (one thread, calls in order) trains.
         Actor = ray.remote(max_restarts=0, concurrency_groups={"push": 1})(TrainerWorker)
         self.workers = [
-            Actor.options(**self._role_options("grpo_trainer", gpus)).remote(
+            Actor.options(**self._role_options(TRAINER_RESOURCE, gpus)).remote(
                 r,
                 p.num_trainer_workers,
                 model_path,
@@ -360,16 +359,8 @@ class Run:
         return await task if task is not None else {}
 
     async def evaluate(self, evals: list[Prompt]) -> dict[str, float]:
-        from sampler.client import SamplingSpec
-
-        t = self.cfg.trainer
-        spec = SamplingSpec(
-            max_tokens=t.max_completion_length,
-            temperature=t.temperature,
-            top_p=t.top_p,
-            top_k=t.top_k,
-        )
-        groups = await self.client.generate([p.token_ids for p in evals], 1, spec)
+        spec, n = eval_sampling(self.cfg.trainer)
+        groups = await self.client.generate([p.token_ids for p in evals], n, spec)
         comps = [[{"role": "assistant", "content": g.completions[0].text}] for g in groups]
         columns: dict[str, list] = {k: [p.columns.get(k) for p in evals] for k in evals[0].columns}
         columns["completion_ids"] = [g.completions[0].token_ids for g in groups]
@@ -411,9 +402,9 @@ class Run:
     async def run_async(self) -> int:
         from transformers import AutoTokenizer
 
-        from rewards.pool import make_scorer
+        from rewards.factory import build_scorer
         from rewards.registry import reward_name
-        from sampler.client import SamplerClient, SamplingSpec
+        from sampler.client import SamplerClient
         from trainer.tracking import open_tracker, pip_requirements
 
         cfg, t = self.cfg, self.cfg.trainer
@@ -429,13 +420,10 @@ class Run:
                 f"trainer.output_dir {self.out} already holds checkpoints: pass --resume to continue "
                 "that run, or choose another output_dir"
             )
-        from rewards.registry import resolve_reward
-
-        for name in t.reward_funcs:  # fail before anything starts, naming the setting
-            try:
-                resolve_reward(name, max_completion_length=t.max_completion_length)
-            except (ValueError, ImportError) as e:
-                raise ConfigError(f"trainer.reward_funcs: {e}") from None
+        try:  # plugins import here, before anything starts (the rest was validated at load)
+            reward_fns = cfg.reward_spec.resolve()
+        except ValueError as e:
+            raise ConfigError(f"trainer.reward_funcs: {e}") from None
         model_path = self.prepare_model()
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         train_prompts, eval_prompts = self.prepare_prompts(tokenizer, model_path)
@@ -443,12 +431,7 @@ class Run:
         self.cursor = DataCursor(len(train_prompts), t.seed, cfg.data.shuffle)
         dtype = cfg.sampler.dtype if cfg.sampler.dtype != "auto" else cfg.model.torch_dtype
         self.init_ray()
-        self.scorer = make_scorer(
-            t.reward_funcs,
-            t.reward_weights,
-            cfg.rewards,
-            max_completion_length=t.max_completion_length,
-        )
+        self.scorer = build_scorer(cfg.reward_spec, reward_fns)
         resolved = (
             self.out / "resolved_config.yaml"
         )  # what this run actually used, overrides included
@@ -534,14 +517,7 @@ class Run:
         }
         self.tracker.metrics(dropped, step=start_step)
         names = [reward_name(n) for n in t.reward_funcs]
-        spec = SamplingSpec(
-            max_tokens=t.max_completion_length,
-            temperature=t.temperature,
-            top_p=t.top_p,
-            top_k=t.top_k,
-            min_p=t.min_p,
-            repetition_penalty=t.repetition_penalty,
-        )
+        spec = rollout_sampling(t)
         settings = RolloutSettings(
             t.num_generations,
             cfg.prompts_per_step,
@@ -552,7 +528,7 @@ class Run:
             cfg.pipeline.max_inflight_prompts,
             names,
             steps,
-            cfg.dispatch_ahead,
+            cfg.pipeline.dispatch_ahead,
             cfg.pipeline.max_failed_reward_fraction,
             cfg.pipeline.failed_reward_window,
         )

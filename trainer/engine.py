@@ -278,8 +278,7 @@ class PolicyEngine:
                     logps,
                     mb.sampler_logprobs,
                     mask,
-                    # unresolved (settings used without a RunConfig): TRL's on-policy default
-                    s.vllm_importance_sampling_mode or "sequence_mask",
+                    s.importance_sampling_mode,
                     s.vllm_importance_sampling_clip_min,
                     s.vllm_importance_sampling_clip_max,
                 )

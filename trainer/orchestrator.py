@@ -68,9 +68,13 @@ class RolloutSettings:
     max_inflight_prompts: int | None = None
     reward_names: list[str] = field(default_factory=list)
     total_steps: int | None = None  # stop dispatching after this many steps
-    dispatch_ahead: int | None = None  # default max_staleness
+    dispatch_ahead: int | None = None  # pipeline.dispatch_ahead; None: max_staleness
     max_failed_reward_fraction: float = 0.5  # pipeline.max_failed_reward_fraction
     failed_reward_window: int = 5  # pipeline.failed_reward_window
+
+    def __post_init__(self) -> None:
+        if self.dispatch_ahead is None:  # the one place this default is resolved
+            self.dispatch_ahead = self.max_staleness
 
 
 class UnscoredGuard:
@@ -194,8 +198,7 @@ class Orchestrator:
             step = self.next_step_to_dispatch
             if self.s.total_steps is not None and step >= self.s.total_steps:
                 return
-            ahead = self.s.max_staleness if self.s.dispatch_ahead is None else self.s.dispatch_ahead
-            while self.version < step - ahead:  # the staleness gate
+            while self.version < step - self.s.dispatch_ahead:  # the staleness gate
                 self._version_changed.clear()
                 await self._version_changed.wait()
             self.next_step_to_dispatch += 1

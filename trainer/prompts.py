@@ -125,9 +125,6 @@ class DataCursor:
         self.position += k
         return out
 
-    def epoch(self) -> float:
-        return self.position / self.n
-
     def state_dict(self) -> dict[str, int]:
         return {
             "position": self.position,

@@ -122,9 +122,6 @@ class Tracker:
             data={k: [r.get(k) for r in rows] for k in rows[0]}, artifact_file=artifact_file
         )
 
-    def artifact(self, path: str, artifact_path: str | None = None) -> None:
-        self.mlflow.log_artifact(path, artifact_path=artifact_path)
-
     def log_model(self, model_dir: str, pip_requirements: list[str]) -> str:
         """The final model as an MLflow transformers model (chat task) that pyfunc can load."""
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -17,24 +17,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainer.cluster import scrub_torch_env
+
 if TYPE_CHECKING:
     from sampler.launch import SamplerProcess
 
 log = logging.getLogger(__name__)
-
-# Environment a child role inherits from AML/torchrun that would confuse its own process group.
-TORCH_ENV_VARS = (
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "GROUP_RANK",
-    "ROLE_RANK",
-    "NODE_RANK",
-    "TORCHELASTIC_RUN_ID",
-)
 
 
 def node_ip() -> str:
@@ -140,8 +128,8 @@ class TrainerWorker:
         import torch
         import torch.distributed as dist
 
-        for k in TORCH_ENV_VARS:
-            os.environ.pop(k, None)
+        for k in scrub_torch_env(os.environ)[1]:  # the node's, from AML/torchrun
+            os.environ.pop(k)
         os.environ.update(
             RANK=str(self.rank),
             LOCAL_RANK="0",
@@ -394,7 +382,7 @@ class SamplerReplica:
                 f"sampler replica {self.index} binds {self.host} but this node's address is "
                 f"{advertise}: it would publish a URL no other node can reach (is Ray running here?)"
             )
-        env = {k: v for k, v in os.environ.items() if k not in TORCH_ENV_VARS}
+        env, _ = scrub_torch_env(os.environ)
         env.update({"OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"), **self.env})
         self.restarts += 1
         self.proc = start_sampler(

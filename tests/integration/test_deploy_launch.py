@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from sampler.netaddr import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,12 +53,6 @@ while True:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Cluster:
     """Three launchers on this machine; each has its own Ray temp dir and log file."""
 
@@ -67,7 +62,7 @@ class Cluster:
         token = self.root / "token"
         token.write_text(secrets.token_hex(16))
         token.chmod(0o600)
-        master_port, ray_port = _free_port(), _free_port()
+        master_port, ray_port = free_port(), free_port()
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
         for rank in range(3):

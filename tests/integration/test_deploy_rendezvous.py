@@ -8,16 +8,11 @@ import threading
 import pytest
 
 from deploy.rendezvous import HeadRendezvous, RendezvousError, WorkerRendezvous
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from sampler.netaddr import free_port
 
 
 def test_join_and_exit_code_reach_every_worker():
-    port = _port()
+    port = free_port()
     head = HeadRendezvous("127.0.0.1", port, {1, 2}, "127.0.0.1:6379", heartbeat_s=0.2)
     codes = {}
 
@@ -39,7 +34,7 @@ def test_join_and_exit_code_reach_every_worker():
 
 
 def test_a_worker_that_fails_to_start_fails_the_join():
-    port = _port()
+    port = free_port()
     head = HeadRendezvous("127.0.0.1", port, {1}, "127.0.0.1:6379")
     w = WorkerRendezvous.connect("127.0.0.1", port, timeout=10)
     w.report(1, "trainer", ok=False, message="ray start: address in use")
@@ -50,14 +45,14 @@ def test_a_worker_that_fails_to_start_fails_the_join():
 
 
 def test_missing_worker_times_out_with_its_rank():
-    head = HeadRendezvous("127.0.0.1", _port(), {1, 2}, "x:1")
+    head = HeadRendezvous("127.0.0.1", free_port(), {1, 2}, "x:1")
     with pytest.raises(RendezvousError, match=r"nodes \[1, 2\] did not join within 0s"):
         head.wait_joined(timeout=0.3)
     head.finish(3)
 
 
 def test_worker_notices_a_dead_head_and_a_lost_worker_is_reported():
-    port = _port()
+    port = free_port()
     head = HeadRendezvous("127.0.0.1", port, {1}, "x:1", heartbeat_s=0.2)
     w = WorkerRendezvous.connect("127.0.0.1", port, timeout=10)
     w.report(1, "sampler", ok=True)
@@ -71,7 +66,7 @@ def test_worker_notices_a_dead_head_and_a_lost_worker_is_reported():
     assert "node 1" in (head.failure() or "")
     head.finish(1)
 
-    port2 = _port()
+    port2 = free_port()
     head2 = HeadRendezvous("127.0.0.1", port2, {1}, "x:1", heartbeat_s=0.2)
     w2 = WorkerRendezvous.connect("127.0.0.1", port2, timeout=10)
     w2.report(1, "trainer", ok=True)
@@ -85,7 +80,7 @@ def test_worker_notices_a_dead_head_and_a_lost_worker_is_reported():
 
 def test_connect_gives_up_with_a_clear_message():
     with pytest.raises(RendezvousError, match="could not reach node 0's launcher"):
-        WorkerRendezvous.connect("127.0.0.1", _port(), timeout=0.5)
+        WorkerRendezvous.connect("127.0.0.1", free_port(), timeout=0.5)
 
 
 def test_a_stranger_learns_nothing_and_cannot_stop_the_job():
@@ -93,7 +88,7 @@ def test_a_stranger_learns_nothing_and_cannot_stop_the_job():
     gets a random challenge (no Ray address), and its "failed" line or fake join is ignored."""
     import json
 
-    port = _port()
+    port = free_port()
     head = HeadRendezvous("127.0.0.1", port, {1}, "10.0.0.4:6379", heartbeat_s=0.2, secret="tok")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         first = json.loads(s.makefile().readline())

@@ -43,6 +43,8 @@ def _driver(
         ({"trainer.num_generations": 6}, "trainer.num_generations=6 must divide"),
         ({"trainer.loss_type": "ppo"}, "trainer.loss_type"),
         ({"trainer.reward_funcs": ["char_class", "nope"]}, "nope"),
+        # well formed, so it passes the load-time check; the driver's import fails first
+        ({"trainer.reward_funcs": ["char_class", "no_such_pkg.rewards:bonus"]}, "no_such_pkg"),
         ({"model.name_or_path": "/does/not/exist"}, "model.name_or_path"),
         ({"pipeline.weight_sync_bucket": 3}, "pipeline.weight_sync_bucket"),
         (

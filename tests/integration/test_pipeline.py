@@ -375,7 +375,7 @@ def test_stale_groups_are_dropped_counted_and_reissued(tmp_path):
 
 
 def test_zero_variance_groups_are_filtered_and_counted(tmp_path):
-    """With filtering on and a reward that gives no signal (the seed's strict format reward on a
+    """With filtering on and a reward that gives no signal (the reference recipe's strict format reward on a
     random tiny model scores 0 everywhere), groups are filtered, over-sampled, counted, and the run
     still finishes instead of stalling."""
     out = tmp_path / "run"
@@ -437,7 +437,7 @@ def _session_members(sid: int) -> list[str]:
 
 
 def test_medmcqa_seed_setup_runs_on_the_tiny_model(tmp_path):
-    """configs/medmcqa_tiny.yaml (the seed's accuracy 0.8 + format 0.2 on the shared MedMCQA sample)."""
+    """configs/medmcqa_tiny.yaml (the reference recipe's accuracy 0.8 + format 0.2 on the shared MedMCQA sample)."""
     out = tmp_path / "run"
     cmd = [
         sys.executable,

@@ -241,7 +241,7 @@ def test_close_answers_in_flight_calls_and_rejects_new_ones(ray_cluster) -> None
 
 
 def test_inline_builtins_score_in_the_driver(ray_cluster) -> None:
-    from rewards.pool import InProcessScorer
+    from rewards.inprocess import InProcessScorer
     from rewards.ray_pool import RayScorer
 
     funcs = ["accuracy", "format", f"{PLUGIN}:worker_pid"]

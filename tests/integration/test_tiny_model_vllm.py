@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -33,12 +32,9 @@ def test_vllm_serves_tiny_model(tiny_model_dir, tmp_path):
 
     script = tmp_path / "run_vllm.py"
     script.write_text(SCRIPT)
-    env = {
-        **os.environ,
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "TORCH_COMPILE_DISABLE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
+    from sampler.launch import child_env
+
+    env = child_env()
     proc = subprocess.run(
         [sys.executable, str(script), str(tiny_model_dir)],
         env=env,

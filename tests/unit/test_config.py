@@ -1,4 +1,4 @@
-"""Run configuration: every shipped YAML loads; seed-style configs carry over; bad keys fail clearly."""
+"""Run configuration: every shipped YAML loads; recipe-style configs carry over; bad keys fail clearly."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_configs_exist():
     assert {p.name for p in CONFIGS} >= {
         "local.yaml",
         "medmcqa_tiny.yaml",
-        "medmcqa_seed_style.yaml",
+        "medmcqa_recipe_style.yaml",
     }
 
 
@@ -27,8 +27,8 @@ def test_every_shipped_config_loads(path):
     assert cfg.trainer.reward_funcs
 
 
-def test_seed_style_flat_keys_carry_over():
-    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "medmcqa_seed_style.yaml")
+def test_recipe_style_flat_keys_carry_over():
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "medmcqa_recipe_style.yaml")
     t = cfg.trainer
     assert (t.learning_rate, t.num_generations, t.max_completion_length) == (3e-6, 2, 5000)
     assert t.reward_funcs == ["accuracy", "format"] and t.reward_weights == [0.8, 0.2]

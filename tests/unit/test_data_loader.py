@@ -1,4 +1,4 @@
-"""The seed jsonl loader on the real MedMCQA sample files and on malformed inputs."""
+"""The jsonl loader (the reference recipe's format) on the real MedMCQA sample files and on malformed inputs."""
 
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ from deploy.layout import (
     check_config_fits,
     check_world,
     read_node_env,
-    scrub_torch_env,
 )
 from deploy.raynode import ray_start_command
+from trainer.cluster import scrub_torch_env
 
 AML = {"NODE_RANK": "2", "WORLD_SIZE": "3", "MASTER_ADDR": "10.0.0.4", "MASTER_PORT": "6105"}
 

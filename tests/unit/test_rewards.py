@@ -12,10 +12,10 @@ import pytest
 
 from rewards import make_scorer, resolve_reward, reward_name
 from rewards.accuracy import AMBIGUOUS, extract_choice, make_accuracy, parse_options
+from rewards.batch import RewardBatch, combine
 from rewards.charclass import char_class
 from rewards.config import RewardPoolConfig
 from rewards.format import format_lenient, format_reward
-from rewards.pool import RewardBatch, combine
 from rewards.shaping import make_overlong, repetition_penalty, soft_overlong_penalty
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,7 +81,7 @@ def test_medmcqa_option_text_answers_use_the_prompt_options() -> None:
 
 
 SEED_BUG_CASES = [
-    # (completion, reference, expected accuracy): the seed scored all of these 0.0
+    # (completion, reference, expected accuracy): the reference recipe scored all of these 0.0
     ("<think>\nreasoning\n</think>\n<answer>\nB\n</answer>", "B", 1.0),
     ("Final Answer: b", "B", 1.0),
     ("<think>\nx\n</think>\n<answer>\nFinal Answer: C\n</answer>", "C", 1.0),
@@ -103,7 +103,7 @@ EXTRACTION_CASES = [
     ("Final Answer: B (Dicloxacillin)", "B"),
     ("Final Answer: a drug like C", "C"),
     ("Ｆinal Answer: Ｃ", "C"),  # full-width letter (NFKC)
-    ("blah blah\nC", "C"),  # the seed's bare last line
+    ("blah blah\nC", "C"),  # the reference recipe's bare last line
     ("blah blah\n(C).", "C"),
     # several answers: the last stated one wins
     ("Answer: B\n...on reflection...\nFinal Answer: D", "D"),
@@ -163,7 +163,11 @@ FORMAT_CASES = [
     # (completion, strict, lenient)
     ("<think>\nr\n</think>\n<answer>\nC\n</answer>", 1.0, 1.0),
     ("<think>\nr\n</think>\n<answer>\nC\n</answer>\n", 1.0, 1.0),  # trailing newline
-    ("<think>\nr\n</think>\n<answer>\nC\n</answer>\nextra text", 0.0, 0.0),  # seed passed this
+    (
+        "<think>\nr\n</think>\n<answer>\nC\n</answer>\nextra text",
+        0.0,
+        0.0,
+    ),  # the reference recipe passed this
     (
         "<think>\nr\n</think>\n<answer>\nC\n</answer>\n<answer>\nD\n</answer>",
         0.0,

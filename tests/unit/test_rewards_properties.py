@@ -117,7 +117,9 @@ def test_format_rules(think: str, answer: str, tail: str) -> None:
     wellformed = bool(think.strip() and answer.strip())
     assert is_strict_format(text) == wellformed
     assert is_lenient_format(text) == bool(answer.strip())
-    if tail.strip():  # anything but whitespace after </answer> fails both (the seed let it pass)
+    if (
+        tail.strip()
+    ):  # anything but whitespace after </answer> fails both (the reference recipe let it pass)
         assert not is_strict_format(text + tail)
         assert not is_lenient_format(text + tail)
 
