@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from sampler.config import SamplerConfig
+from sampler.lifecycle import children_die_with_me
 from sampler.netaddr import is_loopback
 
 log = logging.getLogger("sampler")
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://{cfg.host}:{cfg.port}"
 
     async def start() -> SamplerService:
+        children_die_with_me()  # an engine core outliving a killed server holds its memory
         engine = build_engine(a.model, cfg)
         await prepare_engine(engine, cfg)
         svc = SamplerService(engine, cfg, model_name, initial_version=a.initial_version)

@@ -10,7 +10,6 @@ Does not know: what the replica is used for, Ray.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -22,13 +21,8 @@ from pathlib import Path
 import httpx
 
 from sampler.engine import CPU_THREAD_ENV, CPU_VLLM_ENV
+from sampler.lifecycle import die_with_launcher
 from sampler.netaddr import free_port
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: the server gets SIGTERM when its parent dies (a Ray actor): no orphans."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -45,13 +39,14 @@ class SamplerProcess:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the replica's process group (server + engine core) and reap the server."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
+        # The whole group, even when the server itself is gone: its engine core may not be.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
 
     def stop(self) -> None:
@@ -149,7 +144,7 @@ def start_sampler(
             stderr=subprocess.STDOUT,
             env=child,
             start_new_session=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,
+            preexec_fn=die_with_launcher if die_with_parent else None,
         )
     url = f"http://{published}:{port}"
     sp = SamplerProcess(url=url, proc=proc, log_path=log_path)

@@ -170,3 +170,28 @@ def prune(root: Path, keep: int, newest: Path) -> None:
     old = [p for _, p in step_dirs(root) if p != newest]
     for p in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
+
+
+def resume_point(out: Path, resume: bool, world_size: int) -> Path | None:
+    """The checkpoint a run in `out` continues from, None for a fresh run. ConfigError when
+    --resume finds none, when a fresh run would start over beside finished checkpoints, or
+    when the checkpoint was saved by another number of trainer ranks."""
+    root = out / "checkpoints"
+    if not resume:
+        if any((p / MARKER).exists() for _, p in step_dirs(root)):
+            raise ConfigError(
+                f"trainer.output_dir {out} already holds checkpoints: pass --resume to continue "
+                "that run, or choose another output_dir"
+            )
+        return None
+    ckpt = latest_valid(root, world_size)
+    if ckpt is None:
+        raise ConfigError(f"--resume: no complete checkpoint under {root}")
+    saved = read_marker(ckpt).get("world_size", world_size)
+    if saved != world_size:
+        raise ConfigError(
+            f"{ckpt} was saved by {saved} trainer ranks, this run has "
+            f"pipeline.num_trainer_workers={world_size}: resume with {saved} (each rank "
+            "restores its own optimizer shard and RNG state)"
+        )
+    return ckpt

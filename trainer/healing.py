@@ -2,7 +2,7 @@
 the between-steps healing that restarts dead ones (with backoff), resyncs and probes them, and
 puts them back in rotation.
 
-Owns: which replicas are in rotation, the watchdog task, the restart backoff, replicas.json.
+Owns: which replicas are in rotation, the watchdog task, the restart backoff.
 Does not know: how weights travel or how a step is trained. The driver hands it
 `resync(url, version, others)`, a coroutine that pushes `version`'s weights to the restarted
 replica at `url` (and probes them) while `others` stay in service, and `rotation(urls)`, which
@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from sampler.client import SamplerClient
 from sampler.config import ReplicaWatchdog as WatchdogConfig
-from trainer.files import write_atomic
 from trainer.replica_health import ReplicaWatchdog, RestartBackoff
 
 log = logging.getLogger(__name__)
@@ -36,13 +33,13 @@ class ReplicaHealer:
         client: SamplerClient,
         cfg: WatchdogConfig,
         startup_timeout_s: float,
-        replicas_file: Path,
+        write_replicas: Callable[[list[dict[str, Any]]], None],
         rotation: Callable[[list[str]], Awaitable[None]],
         resync: Callable[[str, int, list[str]], Awaitable[dict[str, float]]],
     ) -> None:
         self.replicas, self.client, self.cfg = replicas, client, cfg
         self.startup_timeout_s = startup_timeout_s
-        self.replicas_file = replicas_file
+        self.write = write_replicas  # replicas.json (trainer.run_files)
         self._rotation, self._resync = rotation, resync
         self.backoff = RestartBackoff(cfg.backoff_s, cfg.backoff_max_s)
         self.watchdog = ReplicaWatchdog(self._responsive, self._kill, cfg.interval_s, cfg.failures)
@@ -137,10 +134,5 @@ class ReplicaHealer:
         log.info("sampler replica %d back at %s with version %d", i, url, version)
         return url
 
-    # ------------------------------------------------------------------ replicas.json
     async def _infos(self) -> list[dict[str, Any]]:
         return list(await asyncio.gather(*[r.info.remote() for r in self.replicas]))
-
-    def write(self, infos: list[dict[str, Any]]) -> None:
-        """Where each replica lives now (URL, PID, restarts, alive): for operators and tests."""
-        write_atomic(self.replicas_file, json.dumps(infos, indent=2))

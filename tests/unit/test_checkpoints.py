@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.driver import latest_checkpoint
+from trainer.checkpoints import latest_valid
+
+
+def latest_checkpoint(output_dir, world_size=1):
+    return latest_valid(output_dir / "checkpoints", world_size)
 
 
 def _fake_checkpoint(root: Path, step: int, ranks: int = 1) -> Path:

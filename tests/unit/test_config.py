@@ -50,7 +50,7 @@ def test_trainer_seed_seeds_each_sampler_replica(tmp_path):
     stream per replica; an explicit sampler.seed wins. Before, every run sampled with engine
     seed 0 whatever trainer.seed was, so "different seeds" shared their sampling noise."""
     from sampler.__main__ import parse_args
-    from trainer.driver import _sampler_args
+    from trainer.roles import _sampler_args
 
     assert parse_config({}).sampler.seed == 42
     assert parse_config({"trainer": {"seed": 7}}).sampler.seed == 7
@@ -249,7 +249,7 @@ def test_config_errors_never_echo_a_key():
 
 def test_the_resolved_config_file_holds_no_key():
     from trainer.config import parse_config
-    from trainer.driver import redacted
+    from trainer.preparation import redacted
 
     cfg = parse_config({"sampler": {"api_key": "s3cret-api", "admin_key": "s3cret-admin"}})
     data = redacted(cfg)

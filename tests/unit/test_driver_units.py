@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config import ConfigError, parse_config
-from trainer.driver import Run, model_context_length
+from trainer.preparation import model_context_length, prepare_prompts
 
 
 def test_model_context_length_is_the_smallest_length_key(tmp_path: Path) -> None:
@@ -22,29 +22,29 @@ def test_model_context_length_is_the_smallest_length_key(tmp_path: Path) -> None
     assert model_context_length(tmp_path) is None
 
 
-def _run(tmp_path: Path, **trainer: object) -> Run:
-    cfg = parse_config(
+def _cfg(tmp_path: Path, **trainer: object):
+    return parse_config(
         {
             "data": {"source": "charclass", "num_train_examples": 8, "max_eval_examples": 4},
             "sampler": {"max_model_len": 64},
             "trainer": {"output_dir": str(tmp_path / "out"), "eval_steps": 1, **trainer},
         }
     )
-    return Run(cfg)
 
 
 def test_prompts_over_the_samplers_context_are_dropped_at_load(tmp_path, tiny_model_dir, caplog):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    everything = _run(tmp_path, max_prompt_length=None, max_completion_length=8)
-    full, _ = everything.prepare_prompts(tok, str(tiny_model_dir))
+    everything = _cfg(tmp_path, max_prompt_length=None, max_completion_length=8)
+    full = prepare_prompts(everything, tok, str(tiny_model_dir)).train
     budget = sorted(len(p.token_ids) for p in full)[4]  # about half fit next to the completion
-    run = _run(tmp_path, max_prompt_length=None, max_completion_length=64 - budget)
-    train, evals = run.prepare_prompts(tok, str(tiny_model_dir))
+    cfg = _cfg(tmp_path, max_prompt_length=None, max_completion_length=64 - budget)
+    got = prepare_prompts(cfg, tok, str(tiny_model_dir))
+    train, evals = got.train, got.evals
     assert all(len(p.token_ids) <= budget for p in train + evals)
-    assert 0 < run.prompts_dropped["train"] == 8 - len(train)
-    assert run.prompts_dropped["eval"] == 4 - len(evals)
+    assert 0 < got.dropped["train"] == 8 - len(train)
+    assert got.dropped["eval"] == 4 - len(evals)
     assert "train prompts are longer than" in caplog.text
 
 
@@ -52,6 +52,6 @@ def test_a_split_with_no_prompt_that_fits_fails_at_load(tmp_path, tiny_model_dir
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    run = _run(tmp_path, max_prompt_length=None, max_completion_length=60)
+    cfg = _cfg(tmp_path, max_prompt_length=None, max_completion_length=60)
     with pytest.raises(ConfigError, match=r"trainer.max_prompt_length.*sampler.max_model_len"):
-        run.prepare_prompts(tok, str(tiny_model_dir))
+        prepare_prompts(cfg, tok, str(tiny_model_dir))

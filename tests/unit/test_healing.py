@@ -13,6 +13,7 @@ import pytest
 from sampler.config import ReplicaWatchdog as WatchdogConfig
 from trainer.healing import ReplicaHealer
 from trainer.replica_health import RestartBackoff
+from trainer.run_files import RunFiles
 
 
 class _Method:
@@ -89,7 +90,8 @@ def _healer(tmp_path, replicas):
         return {"weight_sync/probe_gap": 1e-7}
 
     cfg = WatchdogConfig(backoff_s=10, backoff_max_s=100)
-    h = ReplicaHealer(replicas, client, cfg, 60, tmp_path / "replicas.json", rotation, resync)
+    files = RunFiles(tmp_path)
+    h = ReplicaHealer(replicas, client, cfg, 60, files.write_replicas, rotation, resync)
     clock = _Clock()
     h.backoff = RestartBackoff(cfg.backoff_s, cfg.backoff_max_s, clock=clock)
     return h, client, clock, rotations, resyncs
