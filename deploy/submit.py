@@ -42,6 +42,8 @@ AZURE_KEYS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Longer than most functions on purpose: one flat list of the command's options, each with
+    # its help, reads better than the same list split over helpers.
     p = argparse.ArgumentParser(
         prog="python deploy/submit.py",
         description="Submit ONE multi-node Azure ML job: N sampler nodes + M trainer nodes.",

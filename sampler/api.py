@@ -1,8 +1,9 @@
-"""HTTP layer of a sampler replica: thin FastAPI routes, auth, body limits, error mapping.
+"""HTTP layer of a sampler replica: the app, auth, body limits, error mapping.
 
-Owns: `build_app(...)`, route paths, bearer-token checks (constant time), the request-size guard
-and the mapping of errors to OpenAI-style 4xx/5xx bodies. Does not know: vLLM or how generation
-and updates work (`serving.py`, `openai_routes.py`).
+Owns: `build_app(...)`, the auth scope of every route path, bearer-token checks (constant time),
+the request-size guard and the mapping of errors to OpenAI-style 4xx/5xx bodies. Does not know:
+the routes' own work (`routes.py`, thin), vLLM or how generation and updates work (`serving.py`,
+`openai_routes.py`).
 
 Auth scopes (checked from the headers, before any body is read; `ROUTE_SCOPES`):
   public   GET /health
@@ -16,7 +17,6 @@ A scope without a configured key is open (a loopback-only server without keys).
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import uuid
@@ -27,24 +27,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sampler.openai_routes import OpenAIHandler
 from sampler.protocol import (
-    POLICY_VERSION_HEADER,
-    ChatRequest,
-    CompletionRequest,
-    GlooUpdateRequest,
-    GroupedRequest,
-    GroupedResponse,
-    HealthResponse,
-    LogprobsRequest,
-    LogprobsResponse,
-    PathUpdateRequest,
-    UpdateResponse,
     error_body,
 )
+from sampler.routes import router
 from sampler.serving import RequestError, SamplerService
 
 log = logging.getLogger(__name__)
@@ -168,13 +158,6 @@ class GuardMiddleware:
                 await too_large(scope, receive, send)
 
 
-async def _disconnected(request: Request) -> None:
-    """Returns when the client closes the connection (the body has been read by then, so the
-    next ASGI message is the disconnect)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 def _header_token(scope: dict) -> str | None:
     """The bearer token of an ASGI request's Authorization header, if any."""
     for name, value in scope.get("headers", []):
@@ -188,66 +171,9 @@ def _same(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
-def build_app(
-    service: SamplerService | None = None,
-    *,
-    start: Callable[[], Awaitable[SamplerService]] | None = None,
-    stop: Callable[[SamplerService], Awaitable[None]] | None = None,
-    api_key: str | None = None,
-    admin_key: str | None = None,
-    trainer_key: str | None = None,
-    max_body_bytes: int = 16 << 20,
-) -> FastAPI:
-    """The replica's app. Pass a ready `service`, or `start` (awaited at startup, in the server's
-    event loop, which vLLM's async engine needs) and optionally `stop` (awaited at shutdown).
-    The interactive docs (/docs, /openapi.json) need the api key like the routes they describe."""
-    if (service is None) == (start is None):
-        raise ValueError("build_app needs exactly one of service= or start=")
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):  # noqa: ANN202
-        if start is not None:
-            app.state.service = await start()
-            app.state.openai = OpenAIHandler(app.state.service)
-        try:
-            yield
-        finally:
-            if stop is not None:
-                await stop(app.state.service)
-
-    keys = Keys(api=api_key, trainer=trainer_key, admin=admin_key)
-    app = FastAPI(title="GRPO sampler", version="1", lifespan=lifespan)
-    if service is not None:
-        app.state.service = service
-        app.state.openai = OpenAIHandler(service)
-
-    def svc(request: Request) -> SamplerService:
-        s = getattr(request.app.state, "service", None)
-        if s is None:
-            raise RequestError(503, "engine is starting; poll /health")
-        return s
-
-    def openai_handler(request: Request) -> OpenAIHandler:
-        svc(request)  # 503 while starting
-        return request.app.state.openai
-
-    def on_status(route: str, status: int) -> None:
-        s = getattr(app.state, "service", None)
-        if s is not None:
-            s.metrics.requests.labels(route, str(status)).inc()
-
-    def on_body(route: str, nbytes: int) -> None:
-        s = getattr(app.state, "service", None)
-        if s is not None:
-            s.metrics.body_bytes.labels(route).inc(nbytes)
-
-    app.add_middleware(
-        GuardMiddleware,
-        max_body_bytes=max_body_bytes,
-        keys=keys,
-        on_status=on_status,
-        on_body=on_body,
-    )
+def _add_error_handlers(app: FastAPI) -> None:
+    """OpenAI-style error bodies: the field and the fix for client errors, a reference id
+    (never the exception's text) for server errors."""
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, e: RequestError) -> JSONResponse:
@@ -293,103 +219,58 @@ def build_app(
             500,
         )
 
-    def _log_admin(request: Request, what: str, version: int | None) -> None:
-        peer = request.client.host if request.client else "?"
-        log.info("admin %s from %s: version %s", what, peer, version)
 
-    def versioned(body: Any, version: int) -> JSONResponse:
-        return JSONResponse(body, headers={POLICY_VERSION_HEADER: str(version)})
+def build_app(
+    service: SamplerService | None = None,
+    *,
+    start: Callable[[], Awaitable[SamplerService]] | None = None,
+    stop: Callable[[SamplerService], Awaitable[None]] | None = None,
+    api_key: str | None = None,
+    admin_key: str | None = None,
+    trainer_key: str | None = None,
+    max_body_bytes: int = 16 << 20,
+) -> FastAPI:
+    """The replica's app. Pass a ready `service`, or `start` (awaited at startup, in the server's
+    event loop, which vLLM's async engine needs) and optionally `stop` (awaited at shutdown).
+    The interactive docs (/docs, /openapi.json) need the api key like the routes they describe."""
+    if (service is None) == (start is None):
+        raise ValueError("build_app needs exactly one of service= or start=")
 
-    @app.get("/health", response_model=HealthResponse)
-    async def health(request: Request) -> Any:
-        s = svc(request)
-        await s.check_engine()
-        body = HealthResponse(
-            status="needs_weights" if s.broken else "ok",
-            # Public route: no error text (the admin caller got it; the log has it).
-            detail="a weight update failed; push weights again" if s.broken else None,
-            policy_version=s.version,
-            model=s.model_name,
-            updating=s.updating,
-            instance_id=s.instance_id,
-            workers=s.workers,
-        )
-        response = versioned(body.model_dump(), s.version)
-        if s.broken:  # alive, but must not get generation traffic until a full push
-            response.status_code = 503
-        return response
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        if start is not None:
+            app.state.service = await start()
+            app.state.openai = OpenAIHandler(app.state.service)
+        try:
+            yield
+        finally:
+            if stop is not None:
+                await stop(app.state.service)
 
-    @app.get("/metrics")
-    async def metrics(request: Request) -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    keys = Keys(api=api_key, trainer=trainer_key, admin=admin_key)
+    app = FastAPI(title="GRPO sampler", version="1", lifespan=lifespan)
+    if service is not None:
+        app.state.service = service
+        app.state.openai = OpenAIHandler(service)
 
-        return Response(
-            generate_latest(svc(request).metrics.registry), media_type=CONTENT_TYPE_LATEST
-        )
+    def on_status(route: str, status: int) -> None:
+        s = getattr(app.state, "service", None)
+        if s is not None:
+            s.metrics.requests.labels(route, str(status)).inc()
 
-    @app.get("/v1/models")
-    async def models(request: Request) -> Any:
-        s = svc(request)
-        card = {
-            "id": s.model_name,
-            "object": "model",
-            "created": 0,
-            "owned_by": "sampler",
-            "max_model_len": s.max_model_len,
-            "policy_version": s.version,
-        }
-        return versioned({"object": "list", "data": [card]}, s.version)
+    def on_body(route: str, nbytes: int) -> None:
+        s = getattr(app.state, "service", None)
+        if s is not None:
+            s.metrics.body_bytes.labels(route).inc(nbytes)
 
-    async def respond(req: CompletionRequest | ChatRequest, request: Request, chat: bool) -> Any:
-        """SSE stream or one JSON body; both say which policy version produced them."""
-        h = openai_handler(request)
-        if req.stream:
-            events, version = await h.stream(req)
-            return StreamingResponse(
-                events,
-                media_type="text/event-stream",
-                headers={POLICY_VERSION_HEADER: str(version)},
-            )
-        work = asyncio.ensure_future(h.chat(req) if chat else h.completion(req))
-        gone = asyncio.ensure_future(_disconnected(request))
-        done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if work not in done and gone.exception() is None:  # nobody will read the answer
-            work.cancel()
-            svc(request).metrics.client_disconnects.inc()
-            log.info("client of %s left before its answer: request aborted", request.url.path)
-            return Response(status_code=499)
-        gone.cancel()
-        body, version = await work
-        return versioned(body, version)
+    app.add_middleware(
+        GuardMiddleware,
+        max_body_bytes=max_body_bytes,
+        keys=keys,
+        on_status=on_status,
+        on_body=on_body,
+    )
 
-    @app.post("/v1/completions")
-    async def completions(req: CompletionRequest, request: Request) -> Any:
-        return await respond(req, request, chat=False)
-
-    @app.post("/v1/chat/completions")
-    async def chat(req: ChatRequest, request: Request) -> Any:
-        return await respond(req, request, chat=True)
-
-    @app.post("/generate", response_model=GroupedResponse)
-    async def generate(req: GroupedRequest, request: Request) -> Any:
-        out = await svc(request).generate_grouped(req)
-        return versioned(out.model_dump(), out.policy_version)
-
-    @app.post("/logprobs", response_model=LogprobsResponse)
-    async def logprobs(req: LogprobsRequest, request: Request) -> Any:
-        out = await svc(request).score(req)
-        return versioned(out.model_dump(), out.policy_version)
-
-    @app.post("/admin/weights/gloo", response_model=UpdateResponse)
-    async def update_gloo(req: GlooUpdateRequest, request: Request) -> Any:
-        _log_admin(request, "update_gloo", req.version)
-        out = await svc(request).update_gloo(req)
-        return versioned(out.model_dump(), out.policy_version)
-
-    @app.post("/admin/weights/path", response_model=UpdateResponse)
-    async def update_path(req: PathUpdateRequest, request: Request) -> Any:
-        _log_admin(request, "update_path", req.version)
-        out = await svc(request).update_path(req)
-        return versioned(out.model_dump(), out.policy_version)
-
+    _add_error_handlers(app)
+    app.include_router(router)
     return app

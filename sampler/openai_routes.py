@@ -8,6 +8,7 @@ app (see `api.py`), versions or updates (see `serving.py`).
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,6 +16,8 @@ from typing import Any
 
 from sampler.protocol import ChatRequest, CompletionRequest
 from sampler.serving import RequestError, SamplerService, aiter_queue
+
+log = logging.getLogger(__name__)
 
 
 def normalise_prompts(svc: SamplerService, prompt: Any) -> list[list[int]]:
@@ -232,36 +235,10 @@ class OpenAIHandler:
                 async for i, out in aiter_queue(queue):
                     for c in out.outputs:
                         idx = i * req.n + c.index
-                        chars, toks = sent.get(idx, (0, 0))
-                        new_ids = list(c.token_ids[toks:])
-                        if not new_ids and not c.finish_reason and idx in sent:
-                            continue
-                        text = c.text[chars:]
-                        lps = c.logprobs[toks:] if (want_lp and c.logprobs is not None) else None
-                        if chat:
-                            delta = {"content": text}
-                            if idx not in sent:
-                                delta["role"] = "assistant"
-                            choice = {
-                                "index": idx,
-                                "delta": delta,
-                                "logprobs": chat_logprobs(new_ids, lps, top)
-                                if lps is not None
-                                else None,
-                                "finish_reason": c.finish_reason,
-                            }
-                        else:
-                            choice = {
-                                "index": idx,
-                                "text": text,
-                                "logprobs": completion_logprobs(new_ids, lps, chars)
-                                if lps is not None
-                                else None,
-                                "finish_reason": c.finish_reason,
-                            }
-                        sent[idx] = (len(c.text), len(c.token_ids))
-                        n_tok += len(new_ids)
-                        yield chunk([choice])
+                        piece = _delta(c, idx, sent, chat, want_lp, top)
+                        if piece is not None:
+                            n_tok += piece[1]
+                            yield chunk([piece[0]])
                 if include_usage:
                     yield chunk([], _usage(prompts, n_tok))
                 self.svc.metrics.observe_request(
@@ -274,19 +251,38 @@ class OpenAIHandler:
                 yield _sse(
                     {"error": {"message": e.message, "type": "server_error", "code": e.status}}
                 )
-            except Exception as e:  # the stream has begun: report in-band, never drop silently
-                yield _sse(
-                    {
-                        "error": {
-                            "message": f"generation failed: {e}",
-                            "type": "server_error",
-                            "code": 500,
-                        }
-                    }
-                )
+            except Exception:  # the stream has begun: report in-band, never drop silently
+                ref = uuid.uuid4().hex[:12]  # the exception's text stays in the server log
+                log.exception("stream failed (ref %s)", ref)
+                error = {"message": f"generation failed (ref {ref} in the server log)"}
+                yield _sse({"error": {**error, "type": "server_error", "code": 500}})
             finally:
                 if not task.done():
                     task.cancel()
             yield "data: [DONE]\n\n"
 
         return events(), version
+
+
+def _delta(
+    c: Any, idx: int, sent: dict[int, tuple[int, int]], chat: bool, want_lp: bool, top: int
+) -> tuple[dict, int] | None:
+    """The stream choice for completion `c` (choice `idx`) since what `sent` records (chars,
+    tokens), and how many new tokens it carries; None when nothing new is there to send.
+    Updates `sent`."""
+    chars, toks = sent.get(idx, (0, 0))
+    new_ids = list(c.token_ids[toks:])
+    if not new_ids and not c.finish_reason and idx in sent:
+        return None
+    text = c.text[chars:]
+    lps = c.logprobs[toks:] if (want_lp and c.logprobs is not None) else None
+    if chat:
+        delta = {"content": text} if idx in sent else {"content": text, "role": "assistant"}
+        logprobs = chat_logprobs(new_ids, lps, top) if lps is not None else None
+        choice = {"index": idx, "delta": delta, "logprobs": logprobs}
+    else:
+        logprobs = completion_logprobs(new_ids, lps, chars) if lps is not None else None
+        choice = {"index": idx, "text": text, "logprobs": logprobs}
+    choice["finish_reason"] = c.finish_reason
+    sent[idx] = (len(c.text), len(c.token_ids))
+    return choice, len(new_ids)

@@ -67,6 +67,8 @@ class Run:
         self.orch: Orchestrator | None = None
         self.healer: ReplicaHealer | None = None
         self._pending_push: asyncio.Task | None = None
+        self.steps_done = 0  # steps trained (and logged) so far, this session included
+        self.checkpoint_step: int | None = None  # the newest complete checkpoint's step
 
     # ------------------------------------------------------------------ the run
     async def run_async(self) -> int:
@@ -167,6 +169,7 @@ class Run:
                 states = await self.roles.all("load_checkpoint", str(ckpt))
                 state = checkpoints.read_marker(ckpt) or states[0]
                 start_step, version = state["step"], state["version"]
+                self.checkpoint_step = self.steps_done = start_step
                 run_id = state.get("mlflow_run_id")
                 self.cursor.load_state_dict(state["cursor"])
                 # The samplers serve the checkpoint's weights before any rollout; external ones
@@ -261,6 +264,7 @@ class Run:
             self.tracker.table(completion_rows(done, batch), f"completions/step_{done:06d}.json")
         if self.prompts.evals and t.eval_steps and done % t.eval_steps == 0:
             self.tracker.metrics(await self.evaluate(self.prompts.evals), step=done)
+        self.steps_done = done
         if done % t.save_steps == 0 or done == self.steps:
             await self.save_checkpoint(done, batch, version)
         await self._heal_replicas(version)
@@ -349,9 +353,21 @@ class Run:
         shutil.rmtree(path, ignore_errors=True)
         await self.roles.all("save_checkpoint", str(path), state)  # every rank fsyncs its files
         checkpoints.write_marker(path, state)  # last, durably: marks it complete
+        self.checkpoint_step = step
         if self.cfg.trainer.save_total_limit:
             checkpoints.prune(root, self.cfg.trainer.save_total_limit, path)
         return path
+
+    def resume_hint(self) -> str:
+        """What `--resume` would do after an interruption now (printed on Ctrl-C)."""
+        k, done = self.checkpoint_step, self.steps_done
+        if k is None:
+            return (
+                f"interrupted after {done} steps with no checkpoint yet: --resume has nothing to "
+                "continue from; run the same command again to start over"
+            )
+        redo = f" (steps {k + 1}-{done} are trained again)" if done > k else ""
+        return f"the last checkpoint is step {k}: --resume continues after step {k}{redo}"
 
     # ------------------------------------------------------------------ replica upkeep
     async def _heal_replicas(self, version: int) -> None:
@@ -414,6 +430,7 @@ def run(cfg: RunConfig, resume: bool | str = False) -> int:
             return await r.run_async()
         except asyncio.CancelledError:
             if stopped:
+                log.warning("%s", r.resume_hint())
                 return 128 + stopped[0]
             raise
         finally:

@@ -187,20 +187,7 @@ def grpo_loss(
       dapo    token sum / (num_items_in_batch / num_processes), where num_items_in_batch is the
               number of loss tokens in the whole optimizer step over all processes
     """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type={loss_type!r} is unknown: use one of {', '.join(LOSS_TYPES)}")
-    if logps.shape != mask.shape:
-        raise ValueError(
-            f"logps {tuple(logps.shape)} and mask {tuple(mask.shape)} must have the same shape"
-        )
-    if beta != 0.0 and ref_logps is None:
-        raise ValueError("beta != 0 needs ref_logps (the reference model's per-token logps)")
-    if loss_type == "dr_grpo" and not max_completion_length:
-        raise ValueError("loss_type='dr_grpo' needs max_completion_length")
-    if loss_type == "dapo" and num_items_in_batch is None:
-        raise ValueError(
-            "loss_type='dapo' needs num_items_in_batch (loss tokens in the optimizer step, all ranks)"
-        )
+    _check_args(logps, mask, loss_type, beta, ref_logps, max_completion_length, num_items_in_batch)
     eps_high = epsilon_low if epsilon_high is None else epsilon_high
     mask = mask.to(logps.dtype)
     adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
@@ -216,34 +203,81 @@ def grpo_loss(
         per_token_kl = torch.exp(d) - d - 1  # k3 estimator of KL(pi || ref)
         per_token = per_token + beta * per_token_kl
 
-    if loss_type == "grpo":
-        loss = (
-            (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-        ).mean() / gradient_accumulation_steps
-    elif loss_type == "bnpo":
-        loss = (per_token * mask).sum() / mask.sum().clamp(min=1.0) / gradient_accumulation_steps
-    elif loss_type == "dr_grpo":
-        loss = (
-            (per_token * mask).sum()
-            / (per_token.size(0) * max_completion_length)
-            / gradient_accumulation_steps
-        )
-    else:  # dapo
-        n = torch.as_tensor(num_items_in_batch, dtype=logps.dtype, device=logps.device)
-        loss = (per_token * mask).sum() / (n.clamp(min=1.0) / num_processes)
-
+    loss = _normalise(
+        per_token * mask,
+        mask,
+        loss_type,
+        max_completion_length,
+        num_items_in_batch,
+        num_processes,
+        gradient_accumulation_steps,
+    )
     with torch.no_grad():
+        sums = _clip_sums(coef_1, adv, mask, epsilon_low, eps_high)
         count = mask.sum().item()
-        low = ((coef_1 < 1 - epsilon_low) & (adv < 0)).to(mask.dtype)
-        high = ((coef_1 > 1 + eps_high) & (adv > 0)).to(mask.dtype)
-        region = torch.clamp(low + high, max=1.0)
-        sums: dict[str, tuple[float, float]] = {
-            "clip_ratio/low_mean": ((low * mask).sum().item(), count),
-            "clip_ratio/high_mean": ((high * mask).sum().item(), count),
-            "clip_ratio/region_mean": ((region * mask).sum().item(), count),
-        }
         if entropies is not None:
             sums["entropy"] = ((entropies * mask).sum().item(), count)
         if beta != 0.0:
             sums["kl"] = ((per_token_kl * mask).sum().item(), count)
     return LossOutput(loss=loss, token_sums=sums)
+
+
+def _check_args(
+    logps: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str,
+    beta: float,
+    ref_logps: torch.Tensor | None,
+    max_completion_length: int | None,
+    num_items_in_batch: float | torch.Tensor | None,
+) -> None:
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type={loss_type!r} is unknown: use one of {', '.join(LOSS_TYPES)}")
+    if logps.shape != mask.shape:
+        raise ValueError(
+            f"logps {tuple(logps.shape)} and mask {tuple(mask.shape)} must have the same shape"
+        )
+    if beta != 0.0 and ref_logps is None:
+        raise ValueError("beta != 0 needs ref_logps (the reference model's per-token logps)")
+    if loss_type == "dr_grpo" and not max_completion_length:
+        raise ValueError("loss_type='dr_grpo' needs max_completion_length")
+    if loss_type == "dapo" and num_items_in_batch is None:
+        raise ValueError(
+            "loss_type='dapo' needs num_items_in_batch (loss tokens in the optimizer step, all ranks)"
+        )
+
+
+def _normalise(
+    masked: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str,
+    max_completion_length: int | None,
+    num_items_in_batch: float | torch.Tensor | None,
+    num_processes: int,
+    gradient_accumulation_steps: int,
+) -> torch.Tensor:
+    """The micro-batch loss from the masked per-token losses, by `loss_type` (see grpo_loss)."""
+    if loss_type == "grpo":
+        per_seq = masked.sum(-1) / mask.sum(-1).clamp(min=1.0)
+        return per_seq.mean() / gradient_accumulation_steps
+    if loss_type == "bnpo":
+        return masked.sum() / mask.sum().clamp(min=1.0) / gradient_accumulation_steps
+    if loss_type == "dr_grpo":
+        return masked.sum() / (masked.size(0) * max_completion_length) / gradient_accumulation_steps
+    n = torch.as_tensor(num_items_in_batch, dtype=masked.dtype, device=masked.device)  # dapo
+    return masked.sum() / (n.clamp(min=1.0) / num_processes)
+
+
+def _clip_sums(
+    coef_1: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, eps_low: float, eps_high: float
+) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the tokens clipped below, above, and either (TRL's clip_ratio metrics)."""
+    count = mask.sum().item()
+    low = ((coef_1 < 1 - eps_low) & (adv < 0)).to(mask.dtype)
+    high = ((coef_1 > 1 + eps_high) & (adv > 0)).to(mask.dtype)
+    region = torch.clamp(low + high, max=1.0)
+    return {
+        "clip_ratio/low_mean": ((low * mask).sum().item(), count),
+        "clip_ratio/high_mean": ((high * mask).sum().item(), count),
+        "clip_ratio/region_mean": ((region * mask).sum().item(), count),
+    }

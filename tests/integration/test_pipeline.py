@@ -394,18 +394,54 @@ def test_zero_variance_groups_are_filtered_and_counted(tmp_path):
     assert [len(r["prompt_ids"]) for r in trained] == [4, 4]
 
 
-def test_ctrl_c_shuts_every_role_down(tmp_path):
-    """SIGINT to the driver: exit 130, sampler servers and Ray processes of the run are gone."""
+def _marked(marker: str) -> list[str]:
+    """Live processes whose environment carries `marker` (inherited by every process a run
+    starts, whatever its session: Ray's daemons and workers, servers, engine cores)."""
+    out = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() not in env.read_bytes():
+                continue
+            state = (env.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmd = (env.parent / "cmdline").read_bytes()[:120]
+        except OSError:  # gone meanwhile
+            continue
+        if state != "Z":
+            out.append(f"{env.parent.name} {cmd!r}")
+    return out
+
+
+@pytest.mark.parametrize(
+    "when,ready",
+    [
+        ("start-up", lambda out, log: "start-up: Ray and the reward pool" in log),
+        (
+            "steps",
+            lambda out, log: (
+                len(_jsonl(out / "metrics.jsonl")) >= 2
+                if (out / "metrics.jsonl").exists()
+                else False
+            ),
+        ),
+    ],
+)
+def test_ctrl_c_shuts_every_role_down(tmp_path, when, ready):
+    """Ctrl-C (SIGINT to the driver's process group, as a terminal sends it) during start-up or
+    the steps: exit 130, one message saying what --resume will redo, no traceback, and no
+    process of the run left: sampler servers, their vLLM engine cores, Ray's processes."""
     out = tmp_path / "run"
-    proc = _start(out, "trainer.max_steps=500", "trainer.eval_steps=null")
+    marker = f"GRPO_TEST_RUN={tmp_path.name}"
+    key, value = marker.split("=")
+    os.environ[key] = value  # inherited by _env(): every process of this run carries it
     try:
-        _wait_for(
-            lambda: (out / "metrics.jsonl").exists() and len(_jsonl(out / "metrics.jsonl")) >= 2,
-            480,
-            "step 2",
-            proc,
+        proc = _start(
+            out, "trainer.max_steps=500", "trainer.eval_steps=null", "trainer.save_steps=1"
         )
-        os.kill(proc.pid, signal.SIGINT)
+    finally:
+        del os.environ[key]
+    try:
+        _wait_for(lambda: ready(out, _driver_log(out)), 480, when, proc)
+        os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
@@ -413,27 +449,14 @@ def test_ctrl_c_shuts_every_role_down(tmp_path):
     err = _driver_log(out)
     assert proc.returncode == 130, err[-4000:]
     assert "interrupted" in err and "Traceback" not in err, err[-4000:]
-    _no_leftover_servers(out)
+    if when == "steps":
+        assert "--resume continues after step" in err, err[-2000:]
+    else:
+        assert "no checkpoint yet" in err, err[-2000:]
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _session_members(proc.pid):
-        time.sleep(
-            0.5
-        )  # Ray's own processes exit asynchronously after ray.shutdown(); bounded wait
-    assert not _session_members(proc.pid), _session_members(proc.pid)
-
-
-def _session_members(sid: int) -> list[str]:
-    """Live (non-zombie) processes of the driver's session, as 'pid cmd'."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, session = fields[0], int(fields[3])
-        if session == sid and state != "Z":
-            out.append(f"{stat.parent.name} {(stat.parent / 'cmdline').read_bytes()[:120]!r}")
-    return out
+    while time.monotonic() < deadline and _marked(marker):
+        time.sleep(0.5)  # Ray's own processes exit asynchronously after ray.shutdown(); bounded
+    assert not _marked(marker), _marked(marker)
 
 
 def test_medmcqa_seed_setup_runs_on_the_tiny_model(tmp_path):
