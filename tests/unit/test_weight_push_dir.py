@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sampler.weight_push import FilesystemWeightPusher
+from sampler.weights.sender import FilesystemWeightPusher
 
 
 class FakeReplicas:
