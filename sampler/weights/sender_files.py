@@ -1,7 +1,7 @@
 """Trainer side of the filesystem transport: safetensors shards in a folder every replica reads.
 
-Owns: `FilesystemWeightPusher` (writes `shared_dir/v<version>` in shards of about
-`bucket_bytes`; asks every replica to load it; keeps only the newest
+Owns: `FilesystemWeightPusher` (writes `shared_dir/v<version>`, one shard per bucket of the one
+bucketing rule, `buckets.weight_buckets`; asks every replica to load it; keeps only the newest
 version on disk) and the marker that makes cleanup touch only the folders it wrote.
 Does not know: how a replica loads the folder (`receiver.WeightSyncExtension.sampler_load_path`),
 HTTP beyond `SamplerClient.admin_post`.
@@ -13,10 +13,11 @@ import asyncio
 import re
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from sampler.weights.buckets import weight_buckets
 from sampler.weights.sender_base import WeightPusher
 
 if TYPE_CHECKING:
@@ -60,19 +61,17 @@ class FilesystemWeightPusher(WeightPusher):
         folder.mkdir(parents=True, exist_ok=True)
         # First, so a folder a crash left half-written is still known to be ours.
         (folder / PUSHER_MARKER).write_text("written by sampler.weights; deleted by it\n")
-        shard: dict[str, Any] = {}
-        used, index, total = 0, 0, 0
-        for name, tensor in named_tensors:
-            # clone: tied weights share storage, which safetensors refuses to save twice.
-            shard[name] = tensor.detach().to("cpu").contiguous().clone()
-            nb = shard[name].numel() * shard[name].element_size()
-            used += nb
-            total += nb
-            if used >= self.bucket_bytes:
-                save_file(shard, str(folder / f"model-{index:05d}.safetensors"))
-                shard, used, index = {}, 0, index + 1
-        if shard:
-            save_file(shard, str(folder / f"model-{index:05d}.safetensors"))
+
+        def on_host() -> Iterator[tuple[str, torch.Tensor]]:
+            for name, tensor in named_tensors:
+                # clone: tied weights share storage, which safetensors refuses to save twice.
+                yield name, tensor.detach().to("cpu").contiguous().clone()
+
+        total = 0
+        shards = weight_buckets(on_host(), lambda e: _nbytes(e[1]), self.bucket_bytes)
+        for index, shard in enumerate(shards):
+            save_file(dict(shard), str(folder / f"model-{index:05d}.safetensors"))
+            total += sum(_nbytes(t) for _, t in shard)
         return {"bytes": float(total)}
 
     async def _push(
@@ -115,3 +114,7 @@ class FilesystemWeightPusher(WeightPusher):
                 "own"
             )
         shutil.rmtree(folder)
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
