@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 _RECEIVER = """
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, {root!r})
-from sampler.weight_sync import make_group, broadcast
+from sampler.weights.group import make_group, broadcast
 sizes = {sizes!r}
 bufs = [torch.empty(s, dtype=torch.uint8) for s in sizes]
 _, pg = make_group("gloo", "127.0.0.1", {port}, 1, 120)
@@ -49,7 +49,7 @@ def raw_broadcast(sizes: list[int], rounds: int) -> list[float]:
     import torch.distributed as dist
 
     from sampler.launch import child_env
-    from sampler.weight_sync import broadcast, make_group
+    from sampler.weights.group import broadcast, make_group
 
     store = dist.TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
     code = _RECEIVER.format(
@@ -71,7 +71,8 @@ def raw_broadcast(sizes: list[int], rounds: int) -> list[float]:
 def wire_messages(state: dict, bucket_bytes: int) -> list[int]:
     """Byte sizes of the data broadcasts the gloo pusher issues for `state` (per bucket: the
     packed region of small tensors, then one message per larger tensor)."""
-    from sampler.weight_sync import layout_bucket, packed_len, plan_buckets
+    from sampler.weights.buckets import plan_buckets
+    from sampler.weights.wire import layout_bucket, packed_len
 
     items = list(state.items())
     sizes = [t.numel() * t.element_size() for _, t in items]
@@ -87,7 +88,8 @@ def wire_messages(state: dict, bucket_bytes: int) -> list[int]:
 
 
 def bucket_sizes(state: dict, bucket_bytes: int) -> list[int]:
-    from sampler.weight_sync import align_up, plan_buckets
+    from sampler.weights.buckets import plan_buckets
+    from sampler.weights.wire import align_up
 
     sizes = [t.numel() * t.element_size() for t in state.values()]
     out = []
@@ -108,7 +110,8 @@ async def pushes(
     tmp: str,
     first_version: int,
 ) -> list[dict]:
-    from sampler.client import SamplerClient, make_weight_pusher
+    from sampler.client import SamplerClient
+    from sampler.weights.sender import make_weight_pusher
 
     client = SamplerClient([url], admin_key="bench-admin")
     pusher = make_weight_pusher(

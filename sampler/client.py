@@ -1,9 +1,9 @@
 """Trainer-side access to sampler replicas: grouped generation over N replicas, weight pushes.
 
 Owns: `SamplerClient` (async; least-outstanding-work placement, re-runs a request on another
-replica when one dies, health/version polling), the result dataclasses, and the public import
-point of the weight pushers (`make_weight_pusher`, implemented in `weight_push.py`).
-Does not know: GRPO, rewards, how the trainer gathers its parameters.
+replica when one dies, health/version polling, admin requests) and the result dataclasses.
+Does not know: GRPO, rewards, the weight transport (`sampler/weights/`: its pushers use this
+client's `health` and `admin_post`; the trainer imports them from `sampler.weights.sender`).
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ class SamplerClient:
         )
 
     # ------------------------------------------------------------------ health / versions
-    async def _health(self, url: str, *, accept_needs_weights: bool = False) -> dict | None:
+    async def health(self, url: str, *, accept_needs_weights: bool = False) -> dict | None:
         """The replica's /health body when it serves (or, with `accept_needs_weights`, when it
         is alive but waits for a full weight push); None otherwise."""
         try:
@@ -213,7 +213,7 @@ class SamplerClient:
         deadline = time.monotonic() + timeout_s
         pending = set(self.urls)
         while pending:
-            states = await asyncio.gather(*(self._health(u) for u in sorted(pending)))
+            states = await asyncio.gather(*(self.health(u) for u in sorted(pending)))
             pending = {u for u, s in zip(sorted(pending), states, strict=True) if s is None}
             if not pending:
                 return
@@ -227,7 +227,7 @@ class SamplerClient:
         """url -> served policy version, for the replicas (default: those in rotation) that
         answer."""
         urls = self.urls if urls is None else [u.rstrip("/") for u in urls]
-        states = await asyncio.gather(*(self._health(u) for u in urls))
+        states = await asyncio.gather(*(self.health(u) for u in urls))
         return {u: s["policy_version"] for u, s in zip(urls, states, strict=True) if s is not None}
 
     async def logprobs(self, url: str, token_ids: list[int], timeout_s: float = 60.0) -> dict:
@@ -253,28 +253,3 @@ class SamplerClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-
-# Re-exported: the trainer imports everything sampler-side from here.
-from sampler.weight_push import (  # noqa: E402
-    DistWeightPusher,
-    FilesystemWeightPusher,
-    WeightPusher,
-    WeightPushError,
-    make_weight_pusher,
-)
-
-__all__ = [
-    "CompletionResult",
-    "DistWeightPusher",
-    "FilesystemWeightPusher",
-    "GroupResult",
-    "SamplerClient",
-    "SamplerRequestError",
-    "SamplerUnavailable",
-    "SamplingSpec",
-    "WeightPushError",
-    "WeightPusher",
-    "make_weight_pusher",
-    "split_evenly",
-]

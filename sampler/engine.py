@@ -21,7 +21,7 @@ CPU_DEFAULT_KV_CACHE_BYTES = 256 << 20
 CPU_VLLM_ENV: dict[str, str] = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TORCH_COMPILE_DISABLE": "1"}
 # One OpenMP thread per process unless the user says otherwise (CPU tests share a few cores).
 CPU_THREAD_ENV: dict[str, str] = {"OMP_NUM_THREADS": "1"}
-WORKER_EXTENSION = "sampler.weight_sync.WeightSyncExtension"
+WORKER_EXTENSION = "sampler.weights.receiver.WeightSyncExtension"
 
 
 def on_gpu() -> bool:
@@ -113,7 +113,7 @@ def build_engine(model: str | Path, cfg: SamplerConfig) -> Any:
 async def prepare_engine(engine: Any, cfg: SamplerConfig) -> None:
     """One-time set-up after the engine loaded the model: the CPU weight layout."""
     if not on_gpu():
-        from sampler.weight_sync import raise_rpc_errors
+        from sampler.weights.rpc import raise_rpc_errors
 
         raise_rpc_errors(
             await engine.collective_rpc(

@@ -4,7 +4,7 @@ Owns: `SamplerService`, which receives a running engine (vLLM `AsyncLLM`) and tu
 protocol objects into engine calls; the admission gate that makes version labels exact; request
 bounds that depend on the model/config; Prometheus metrics. Does not know: HTTP/FastAPI (routes
 live in `api.py`), how the engine was built (`engine.py`), the wire format of weight buckets
-(`weight_sync.py`).
+(`sampler/weights/wire.py`).
 
 Versioning rule (why labels are exact): every request is admitted through a gate and records the
 version at admission. An update closes the gate, waits until no admitted request is running (or,
@@ -38,7 +38,7 @@ from sampler.protocol import (
     SamplingFields,
     UpdateResponse,
 )
-from sampler.weight_sync import raise_rpc_errors
+from sampler.weights.rpc import raise_rpc_errors
 
 log = logging.getLogger(__name__)
 MAX_RERUNS = 3

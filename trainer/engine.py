@@ -5,7 +5,8 @@ building the DeepSpeed config (ZeRO stage, micro-batch, accumulation, clipping) 
 scheduler; one optimizer step of GRPO (`train_step`: logps recomputed, IS correction, loss, backward
 per micro-batch, step) with TRL-named metrics reduced over ranks; full-weight export for the weight
 sync and HF folders (ZeRO-3 gathered bucket by bucket, LoRA merged); checkpoint save/load with RNG.
-Does not know: where batches come from, the sampler, MLflow, cadences. It runs inside a process
+Does not know: where batches come from, the sampler (beyond the weight push's bucketing rule,
+`sampler.weights.buckets`, which its gathers follow), MLflow, cadences. It runs inside a process
 whose torch.distributed default group is already initialised (gloo on CPU, nccl on GPU).
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 
+from sampler.weights.buckets import weight_buckets
 from trainer.batch import TrainBatch, split_micro_batches
 from trainer.checkpoints import ENGINE_TAG, RNG_FILE, fsync_tree
 from trainer.config import GRPOSettings, ModelConfig
@@ -428,17 +430,13 @@ class PolicyEngine:
 
         plan = self._export_plan()
         zero3 = self.zero_stage == 3
-        buckets: list[list[tuple[str, list[torch.nn.Parameter], Any]]] = [[]]
-        size = 0
-        for item in plan:
-            params = item[1]
-            nbytes = sum((p.ds_numel if zero3 else p.numel()) * p.element_size() for p in params)
-            if buckets[-1] and size + nbytes > bucket_bytes:
-                buckets.append([])
-                size = 0
-            buckets[-1].append(item)
-            size += nbytes
-        for bucket in buckets:
+
+        def nbytes(item: tuple[str, list[torch.nn.Parameter], Any]) -> int:
+            # What the gather holds: every parameter the exported tensor is built from.
+            return sum((p.ds_numel if zero3 else p.numel()) * p.element_size() for p in item[1])
+
+        # The pusher's rule (whole layers per bucket), so a gather holds what one bucket sends.
+        for bucket in weight_buckets(plan, nbytes, bucket_bytes):
             params = [p for _, ps, _ in bucket for p in ps]
             ctx = (
                 deepspeed.zero.GatheredParameters(params, modifier_rank=None)

@@ -207,7 +207,8 @@ class TrainerWorker:
         self.probe_tolerance = probe_tolerance
         if self.rank != 0:
             return
-        from sampler.client import SamplerClient, make_weight_pusher
+        from sampler.client import SamplerClient
+        from sampler.weights.sender import make_weight_pusher
 
         self.client = SamplerClient(urls, api_key=api_key, admin_key=admin_key)
         self.pusher = make_weight_pusher(

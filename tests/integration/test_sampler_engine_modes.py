@@ -64,13 +64,14 @@ def test_weight_updates_in_gpu_engine_shapes_match_transformers(
     hf_reference,  # noqa: F811
     tmp_path,
 ):
-    from sampler.client import SamplerClient, SamplingSpec, make_weight_pusher
+    from sampler.client import SamplerClient, SamplingSpec
+    from sampler.weights.sender import make_weight_pusher
 
     (_, tp, layout), server = shaped_server
 
     async def run():
         c = SamplerClient([server.url], api_key=API_KEY, admin_key=ADMIN_KEY)
-        health = await c._health(server.url)
+        health = await c.health(server.url)
         assert health["workers"] == tp  # every TP worker is a receiver
         spec = SamplingSpec(max_tokens=8, temperature=0)
         v0 = (await c.versions())[server.url]
@@ -115,7 +116,8 @@ def test_a_refused_update_does_not_poison_the_next_one(shaped_server, models, hf
     collective call would read a stale error: the replica must still recover on a full push."""
     import httpx
 
-    from sampler.client import SamplerClient, WeightPushError, make_weight_pusher
+    from sampler.client import SamplerClient
+    from sampler.weights.sender import WeightPushError, make_weight_pusher
 
     _, server = shaped_server
     full = _hf_state(models[1])

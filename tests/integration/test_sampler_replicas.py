@@ -46,7 +46,8 @@ def test_update_preempts_a_long_request_which_is_rerun_and_labelled_new(replicas
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sampler.client import SamplerClient, SamplingSpec, make_weight_pusher
+    from sampler.client import SamplerClient, SamplingSpec
+    from sampler.weights.sender import make_weight_pusher
 
     _, other, (_, rep) = replicas
     prompts = [[30, 31, 32]]
@@ -91,8 +92,9 @@ def test_kill_one_replica_mid_batch_loses_nothing_and_push_reaches_survivor(repl
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sampler.client import SamplerClient, SamplingSpec, make_weight_pusher
+    from sampler.client import SamplerClient, SamplingSpec
     from sampler.launch import start_sampler
+    from sampler.weights.sender import make_weight_pusher
 
     model, _, (victim, survivor) = replicas
     prompts = [[5 + i, 6 + i, 7 + i] for i in range(16)]

@@ -321,7 +321,8 @@ async def _probe_catches_a_corrupt_tensor(client, url, pusher, models, version) 
 def test_weight_updates_both_transports_match_transformers(
     layout, request, models, hf_reference, tmp_path
 ):
-    from sampler.client import SamplingSpec, make_weight_pusher
+    from sampler.client import SamplingSpec
+    from sampler.weights.sender import make_weight_pusher
 
     server = request.getfixturevalue("server" if layout == "plain" else "packed_server")
 
@@ -352,7 +353,7 @@ def test_weight_updates_both_transports_match_transformers(
 
 @pytest.mark.parametrize("layout", ["plain", "packed"])
 def test_weight_probe_catches_one_corrupt_tensor(layout, request, models):
-    from sampler.client import make_weight_pusher
+    from sampler.weights.sender import make_weight_pusher
 
     server = request.getfixturevalue("server" if layout == "plain" else "packed_server")
 
@@ -373,7 +374,7 @@ def test_a_new_trainer_session_takes_over_a_replica_that_serves_a_newer_version(
     """A trainer resumed from a checkpoint (version 3) meets an external replica that served
     version 9 of the session that died: a plain push gets 409, the session's first push with
     `reset` takes over, and the replica then serves the resumed weights as version 3."""
-    from sampler.client import WeightPushError, make_weight_pusher
+    from sampler.weights.sender import WeightPushError, make_weight_pusher
 
     state = _hf_state(models[1])
 
@@ -396,7 +397,8 @@ def test_a_new_trainer_session_takes_over_a_replica_that_serves_a_newer_version(
 def test_partial_update_is_refused_and_a_full_push_recovers(server, models, hf_reference):
     """A state dict missing a tensor would leave a mix of old and new weights: the replica must
     say so (naming the gap), refuse to serve, and recover on the next full push."""
-    from sampler.client import SamplingSpec, WeightPushError, make_weight_pusher
+    from sampler.client import SamplingSpec
+    from sampler.weights.sender import WeightPushError, make_weight_pusher
 
     full = _hf_state(models[1])
     partial = {k: v for k, v in full.items() if k != "model.layers.0.mlp.down_proj.weight"}
@@ -423,7 +425,8 @@ def test_generation_during_updates_is_labelled_with_the_producing_version(
 ):
     """Greedy requests race with pushes A->B->A...; each result must equal transformers' output
     of the model that its label names (A and B give different greedy tokens)."""
-    from sampler.client import SamplingSpec, make_weight_pusher
+    from sampler.client import SamplingSpec
+    from sampler.weights.sender import make_weight_pusher
 
     states = [_hf_state(models[0]), _hf_state(models[1])]
 
@@ -464,7 +467,8 @@ def test_public_requests_are_bounded_and_never_hold_a_weight_update(server, mode
     429 at once. A weight push meanwhile does not wait for them: they are aborted after the
     short public grace and re-run on the new weights, so both answers carry the new version.
     The trainer's route is not bounded by them."""
-    from sampler.client import SamplingSpec, make_weight_pusher
+    from sampler.client import SamplingSpec
+    from sampler.weights.sender import make_weight_pusher
 
     auth = {"Authorization": f"Bearer {API_KEY}"}
     long = {"prompt": [5, 6, 7], "max_tokens": 1500, "ignore_eos": True, "temperature": 0}

@@ -38,7 +38,7 @@ def test_route_source_and_interface_are_the_nodes_own(twin2):
 
 RANK0 = """
 import sys, torch, torch.distributed as dist
-from sampler.weight_sync import broadcast, make_group
+from sampler.weights.group import broadcast, make_group
 store = dist.TCPStore(sys.argv[1], int(sys.argv[2]), 2, is_master=True, wait_for_workers=False)
 _, pg = make_group("gloo", sys.argv[1], 0, 0, 60, store)
 broadcast(pg, torch.arange(6, dtype=torch.float32)).wait()
@@ -48,7 +48,7 @@ del pg  # a gloo group alive at interpreter exit aborts the process
 
 RANK1 = """
 import sys, torch
-from sampler.weight_sync import broadcast, make_group
+from sampler.weights.group import broadcast, make_group
 _, pg = make_group("gloo", sys.argv[1], int(sys.argv[2]), 1, 60, connect_timeout_s=30)
 t = torch.zeros(6)
 broadcast(pg, t).wait()
@@ -81,7 +81,7 @@ def test_unreachable_store_fails_in_bounded_time_naming_address_and_port(twin2):
     out = _run_expecting_error(
         twin2,
         f"""
-        from sampler.weight_sync import make_group
+        from sampler.weights.group import make_group
         try:
             make_group("gloo", {twin2.ips[0]!r}, 29999, 1, 600, connect_timeout_s=3)
         except ConnectionError as e:

@@ -21,10 +21,6 @@ ALLOWED = {
     "deploy": {"trainer", "sampler", "rewards", "data"},
 }
 
-# Cycles with an owner, each allowed until its fix lands (the test fails once it is gone, so the
-# allowance cannot outlive it): the client <-> weight_push re-export (issue 17, item 2).
-KNOWN_CYCLES = [["sampler.client", "sampler.weight_push"]]
-
 
 def _module_name(path: Path, root: Path) -> str:
     parts = list(path.relative_to(root).with_suffix("").parts)
@@ -122,10 +118,7 @@ def test_the_reader_sees_function_level_and_relative_imports(tmp_path: Path) -> 
 
 def test_no_import_cycle_between_modules() -> None:
     found = cycles(import_graph(REPO))
-    new = [c for c in found if c not in KNOWN_CYCLES]
-    assert not new, "import cycles: " + "; ".join(" <-> ".join(c) for c in new)
-    gone = [c for c in KNOWN_CYCLES if c not in found]
-    assert not gone, f"fixed, so remove from KNOWN_CYCLES: {gone}"
+    assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
 
 
 @pytest.mark.parametrize("pkg", PACKAGES)

@@ -1,4 +1,4 @@
-"""sampler.receive_buffers: kept buffers are reused only once released; extras only while the
+"""sampler.weights.receiver_buffers: kept buffers are reused only once released; extras only while the
 loader holds every kept one, and freed once it lets go."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import threading
 
 import torch
 
-from sampler.receive_buffers import ReceiveBuffers
+from sampler.weights.receiver_buffers import ReceiveBuffers
 
 
 def test_reuses_a_released_buffer_and_keeps_the_bound():

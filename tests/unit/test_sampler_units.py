@@ -9,21 +9,14 @@ import pytest
 import torch
 
 from sampler.client import split_evenly
-from sampler.weight_sync import (
-    ALIGN,
-    BufferPool,
-    ReceiveBuffers,
-    TensorMeta,
-    align_up,
-    decode_meta,
-    encode_meta,
-    plan_buckets,
-    unpack,
-)
+from sampler.weights.buckets import plan_buckets
+from sampler.weights.receiver_buffers import ReceiveBuffers
+from sampler.weights.sender_stream import BufferPool
+from sampler.weights.wire import ALIGN, TensorMeta, align_up, decode_meta, encode_meta, unpack
 
 
 def test_buckets_keep_a_layer_whole_unless_it_alone_is_too_big():
-    from sampler.weight_sync import layer_key
+    from sampler.weights.buckets import layer_key
 
     names = ["embed", "model.layers.0.q", "model.layers.0.k", "model.layers.1.q", "lm_head"]
     keys = [layer_key(n) for n in names]
@@ -56,7 +49,7 @@ def test_meta_roundtrip_and_unknown_dtype_rejected():
 
 
 def test_layout_bucket_packs_small_tensors_first():
-    from sampler.weight_sync import SMALL_TENSOR_BYTES, bucket_len, layout_bucket, packed_len
+    from sampler.weights.wire import SMALL_TENSOR_BYTES, bucket_len, layout_bucket, packed_len
 
     big = SMALL_TENSOR_BYTES
     metas = layout_bucket(
@@ -103,8 +96,9 @@ def test_gloo_transfer_between_two_ranks_is_exact():
     with a matching target land in it directly, a target of another dtype is ignored."""
     import torch.distributed as dist
 
-    from sampler.client import DistWeightPusher
-    from sampler.weight_sync import make_group, receive_buckets
+    from sampler.weights.group import make_group
+    from sampler.weights.receiver_stream import receive_buckets
+    from sampler.weights.sender import DistWeightPusher
 
     store = dist.TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
     port = store.port
@@ -295,7 +289,7 @@ def _done_future(result=None, error: BaseException | None = None):
 def test_a_replica_whose_update_succeeded_before_our_broadcast_completed_is_not_failed():
     """Race seen on a TP=2 replica: it had every byte and answered 200 before the sender's last
     broadcast handle reported completion; that must count as success, not 'ended mid-broadcast'."""
-    from sampler.weight_push import DistWeightPusher
+    from sampler.weights.sender import DistWeightPusher
 
     class _Group:  # every broadcast handle lags: not completed until waited
         def broadcast(self, tensors, opts):
@@ -312,7 +306,7 @@ def test_a_replica_whose_update_succeeded_before_our_broadcast_completed_is_not_
 
 
 def test_a_replica_whose_update_request_failed_fails_at_once():
-    from sampler.weight_push import wait_work
+    from sampler.weights.sender_stream import wait_work
 
     with pytest.raises(RuntimeError, match="failed mid-broadcast.*ConnectError"):
         wait_work(_Work(), _done_future(error=ConnectionError("ConnectError: gone")))
@@ -328,8 +322,8 @@ def test_dropping_a_group_whose_peer_died_mid_broadcast_does_not_block():
 
     import torch.distributed as dist
 
-    from sampler.client import DistWeightPusher
-    from sampler.weight_sync import make_group
+    from sampler.weights.group import make_group
+    from sampler.weights.sender import DistWeightPusher
 
     store = dist.TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
     peer: list = []
@@ -373,8 +367,9 @@ def test_a_stranger_on_the_weight_sync_store_gets_no_rank_and_no_weights():
 
     import torch.distributed as dist
 
-    from sampler.client import DistWeightPusher
-    from sampler.weight_sync import make_group, receive_buckets
+    from sampler.weights.group import make_group
+    from sampler.weights.receiver_stream import receive_buckets
+    from sampler.weights.sender import DistWeightPusher
 
     store = dist.TCPStore("127.0.0.1", 0, 2, is_master=True, wait_for_workers=False)
     secret = secrets.token_hex(16)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sampler.weight_push import FilesystemWeightPusher
+from sampler.weights.sender import FilesystemWeightPusher
 
 
 class FakeReplicas:
@@ -55,3 +55,22 @@ def test_a_foreign_folder_with_the_versions_name_is_never_overwritten(tmp_path: 
     with pytest.raises(RuntimeError, match=r"pipeline\.weight_sync_dir"):
         _push(pusher, 4)
     assert (tmp_path / "v4" / "mine.txt").read_text() == "user data"
+
+
+def test_shards_follow_the_one_bucketing_rule(tmp_path: Path) -> None:
+    """One shard per bucket of `weight_buckets`: a layer is never split across two shards."""
+    from safetensors import safe_open
+
+    from sampler.weights.buckets import weight_buckets
+
+    names = ["embed", "model.layers.0.q", "model.layers.0.k", "model.layers.1.q", "lm_head"]
+    weights = [(n, torch.full((10,), float(i))) for i, n in enumerate(names)]  # 40 B each
+    pusher = FilesystemWeightPusher(FakeReplicas(), str(tmp_path), 128, timeout_s=5)
+    asyncio.run(pusher.push(weights, 1))
+    shards = []
+    for f in sorted((tmp_path / "v1").glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as g:
+            shards.append(sorted(g.keys()))  # noqa: SIM118 (safe_open is not a dict)
+    expected = [sorted(n for n, _ in b) for b in weight_buckets(weights, lambda e: 40, 128)]
+    assert shards == expected == [["embed"], ["model.layers.0.k", "model.layers.0.q"],
+                                  ["lm_head", "model.layers.1.q"]]  # fmt: skip

@@ -14,8 +14,10 @@ import threading
 import pytest
 import torch
 
-from sampler.receive_buffers import ReceiveBuffers
-from sampler.weight_sync import BufferPool, make_group, receive_buckets
+from sampler.weights.group import make_group
+from sampler.weights.receiver_buffers import ReceiveBuffers
+from sampler.weights.receiver_stream import receive_buckets
+from sampler.weights.sender_stream import BufferPool
 
 DEVICES = [
     "cpu",
@@ -68,7 +70,7 @@ def test_bf16_weights_on_the_device_arrive_exact_in_at_most_two_buffers(name):
     th = threading.Thread(target=receiver)
     th.start()
     _, pg = make_group("gloo", "127.0.0.1", 0, 0, 60, store=store)
-    from sampler.weight_push import DistWeightPusher
+    from sampler.weights.sender import DistWeightPusher
 
     pusher = DistWeightPusher.__new__(DistWeightPusher)  # the sender half, no HTTP
     pusher.device, pusher.bucket_bytes, pusher.pool = dev, bucket, BufferPool(dev)

@@ -4,7 +4,7 @@ Owns: handing the receive thread a buffer for the next bucket; reusing one of it
 kept buffers once nothing (vLLM's loader) still holds a view into it; a short-lived extra buffer
 when the loader still holds them all (it frees it by dropping its views); the peak bytes held.
 The receive thread reads at most `max_buffers - 1` buckets ahead of the loader (see
-`weight_sync.receive_buckets`), so with buckets no smaller than a layer the receiver holds
+`receiver_stream.receive_buckets`), so with buckets no smaller than a layer the receiver holds
 `max_buffers` buckets at most. Why a bound: one buffer per bucket is the whole model (~15 GB for
 7B bf16) beside `gpu_memory_utilization: 0.9` (~8 GB free on an 80 GB H100). Why no hard wait:
 vLLM's layerwise reload keeps a layer's tensors until the layer is complete, so a layer larger

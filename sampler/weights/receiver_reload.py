@@ -1,5 +1,5 @@
-"""What vLLM's in-place reload left unloaded: the completeness check of a weight update on the
-path GPUs take (and the CPU packed layout).
+"""vLLM worker side: what vLLM's in-place reload left unloaded, the completeness check of a
+weight update on the path GPUs take (and the CPU packed layout).
 
 Owns: running `reload_weights` with a look at the model right after `model.load_weights`
 returns and before vLLM finalises the reload, and the error that names what was not loaded.
@@ -13,7 +13,8 @@ How: vLLM counts the elements each layer receives (`LayerReloadingInfo.load_nume
 `load_numel_total`) and processes a layer once it is complete, which resets its info; a layer
 that got some of its tensors but whose info still expects more when `load_weights` returns is
 incomplete (embedding layers legitimately stay short: rows padded past the vocabulary); a
-parameter that got nothing is missing from the names `load_weights` reports as loaded. Pinned to vLLM 0.32's reload module (see pyproject).
+parameter that got nothing is missing from the names `load_weights` reports as loaded.
+Pinned to vLLM 0.32's reload module (see pyproject).
 """
 
 from __future__ import annotations
