@@ -216,7 +216,8 @@ def read_token(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
 def validate_config(path: str, layout: Layout) -> None:
     """Load the run YAML and check it fits the nodes (errors name the key and the fix)."""
     from deploy.layout import check_run_config
-    from trainer.config import ConfigError, load_config
+    from trainer.config import ConfigError
+    from trainer.config_loading import load_config
 
     try:
         cfg = load_config(path)

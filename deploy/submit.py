@@ -205,7 +205,8 @@ def resolve(args: argparse.Namespace) -> tuple[JobOptions, dict[str, Any], Any]:
 
 def _run_config(path: str, sets: list[str]) -> Any:
     """The RunConfig of `path` with `--set` items applied, validated as the driver does."""
-    from trainer.config import ConfigError, load_config, parse_overrides
+    from trainer.config import ConfigError
+    from trainer.config_loading import load_config, parse_overrides
 
     try:
         return load_config(path, parse_overrides(sets))

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "mlflow", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from data.loader import DataError
-    from trainer.config import ConfigError, load_config, parse_overrides
+    from trainer.config import ConfigError
+    from trainer.config_loading import load_config, parse_overrides
     from trainer.precheck import check_inputs
     from trainer.weight_probe import WeightProbeError
 

@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from trainer.config import IGNORED_TRL_KEYS, RunConfig
+from trainer.config import RunConfig
+from trainer.grpo_settings import IGNORED_TRL_KEYS
 
 HEADER = """# Configuration reference
 

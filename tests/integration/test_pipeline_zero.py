@@ -21,7 +21,7 @@ def test_two_rank_zero_training_reaches_the_sampler(tmp_path, stage, tp):
     from transformers import AutoModelForCausalLM
 
     from sampler.client import SamplingSpec
-    from trainer.config import load_config
+    from trainer.config_loading import load_config
     from trainer.driver import Run
 
     out = tmp_path / "run"

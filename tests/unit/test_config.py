@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.config import ConfigError, load_config, parse_config
+from trainer.config import ConfigError
+from trainer.config_loading import load_config, parse_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -230,7 +231,8 @@ def test_sampling_settings_the_sampler_accepts_load():
 def test_config_errors_never_echo_a_key():
     """Config errors land in consoles and job logs: a key given with the wrong type, or inside a
     section whose whole value is echoed, is shown as <redacted>."""
-    from trainer.config import ConfigError, parse_config
+    from trainer.config import ConfigError
+    from trainer.config_loading import parse_config
 
     raw = {"sampler": {"api_key": 123456789, "admin_key": ["s3cret-admin-key"], "port": -1}}
     with pytest.raises(ConfigError) as e:
@@ -238,7 +240,7 @@ def test_config_errors_never_echo_a_key():
     msg = str(e.value)
     assert "sampler.api_key" in msg and "sampler.admin_key" in msg  # the field is named
     assert "123456789" not in msg and "s3cret-admin-key" not in msg, msg
-    from trainer.config import _shown
+    from trainer.config_loading import _shown
 
     # a section's whole value echoed (a model-level error): its keys are masked inside it
     assert _shown(("sampler",), {"api_key": "s3cret", "port": 1}) == {
@@ -248,7 +250,7 @@ def test_config_errors_never_echo_a_key():
 
 
 def test_the_resolved_config_file_holds_no_key():
-    from trainer.config import parse_config
+    from trainer.config_loading import parse_config
     from trainer.preparation import redacted
 
     cfg = parse_config({"sampler": {"api_key": "s3cret-api", "admin_key": "s3cret-admin"}})

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.config import ConfigError, load_config, parse_config, parse_overrides
+from trainer.config import ConfigError
+from trainer.config_loading import load_config, parse_config, parse_overrides
 
 
 def _yaml(tmp_path: Path, data: dict) -> Path:

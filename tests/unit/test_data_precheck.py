@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from data.loader import DataError
-from trainer.config import parse_config
+from trainer.config_loading import parse_config
 from trainer.precheck import check_data
 
 REPO = Path(__file__).resolve().parents[2]

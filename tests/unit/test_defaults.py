@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from sampler.client import SamplingSpec
-from trainer.config import GRPOSettings, default_is_mode, parse_config
+from trainer.config import GRPOSettings, default_is_mode
+from trainer.config_loading import parse_config
 from trainer.orchestrator import RolloutSettings
 
 

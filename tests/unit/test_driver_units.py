@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import ConfigError, parse_config
+from trainer.config import ConfigError
+from trainer.config_loading import parse_config
 from trainer.preparation import model_context_length, prepare_prompts
 
 

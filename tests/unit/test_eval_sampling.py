@@ -11,7 +11,7 @@ from typing import Any
 
 from rewards.batch import RewardBatch
 from sampler.client import CompletionResult, GroupResult, SamplingSpec
-from trainer.config import parse_config
+from trainer.config_loading import parse_config
 from trainer.driver import Run
 from trainer.prompts import Prompt
 

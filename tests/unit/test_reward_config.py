@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.config import ConfigError, parse_config
+from trainer.config import ConfigError
+from trainer.config_loading import parse_config
 
 
 def _load(reward_funcs: list[str], rewards: dict | None = None, **trainer: object) -> object:

@@ -8,7 +8,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from trainer.config import parse_config
+from trainer.config_loading import parse_config
 from trainer.driver import Run
 from trainer.tracking import artifact_root, open_tracker
 
