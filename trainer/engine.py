@@ -1,10 +1,9 @@
 """The DeepSpeed-wrapped policy that one trainer process holds.
 
-Owns: loading the policy (optionally with LoRA adapters) and, when `beta` > 0, a frozen reference;
-building the DeepSpeed config (ZeRO stage, micro-batch, accumulation, clipping) and optimizer /
-scheduler; one optimizer step of GRPO (`train_step`: logps recomputed, IS correction, loss, backward
+Owns: the DeepSpeed engine around the policy (loaded by `trainer.policy_init`, configured by
+`trainer.ds_config`) and its scheduler; one optimizer step of GRPO (`train_step`: logps recomputed, IS correction, loss, backward
 per micro-batch, step) with TRL-named metrics reduced over ranks; full-weight export for the weight
-sync and HF folders (ZeRO-3 gathered bucket by bucket, LoRA merged); checkpoint save/load with RNG.
+sync and HF folders (ZeRO-3 gathered bucket by bucket, LoRA merged); checkpoint save/load (RNG state: `trainer.rng_state`).
 Does not know: where batches come from, the sampler (beyond the weight push's bucketing rule,
 `sampler.weights.buckets`, which its gathers follow), MLflow, cadences. It runs inside a process
 whose torch.distributed default group is already initialised (gloo on CPU, nccl on GPU).
@@ -13,9 +12,7 @@ whose torch.distributed default group is already initialised (gloo on CPU, nccl 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,78 +20,14 @@ import torch
 
 from sampler.weights.buckets import weight_buckets
 from trainer.batch import TrainBatch, split_micro_batches
-from trainer.checkpoints import ENGINE_TAG, RNG_FILE, fsync_tree
+from trainer.checkpoints import ENGINE_TAG, fsync_tree
 from trainer.config import GRPOSettings, ModelConfig
+from trainer.ds_config import build_ds_config, warmup_steps
 from trainer.loss import completion_logps, grpo_loss, importance_sampling_ratio
+from trainer.policy_init import load_policy, make_optimizer
+from trainer.rng_state import load_rng_state, save_rng_state
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _LORA_PREFIX = "base_model.model."
-
-
-def build_ds_config(
-    settings: GRPOSettings, world_size: int, ds_config: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The DeepSpeed config for `settings`: the user's (values "auto" filled in) or a ZeRO default.
-
-    The batch keys always follow `settings` (the loop splits batches by them); a user config that
-    states different ones is rejected rather than silently overridden.
-    """
-    import json
-
-    user = ds_config
-    if user is None and settings.deepspeed is not None:
-        if isinstance(settings.deepspeed, dict):
-            user = settings.deepspeed
-        else:
-            path = settings.deepspeed
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"trainer.deepspeed: config file {path!r} not found")
-            with open(path, encoding="utf-8") as f:
-                user = json.load(f)
-    stage = default_zero_stage(settings, world_size)
-    cfg: dict[str, Any] = (
-        json.loads(json.dumps(user)) if user else {"zero_optimization": {"stage": stage}}
-    )
-    mbs, gas = settings.per_device_train_batch_size, settings.gradient_accumulation_steps
-    wanted = {
-        "train_micro_batch_size_per_gpu": mbs,
-        "gradient_accumulation_steps": gas,
-        "train_batch_size": mbs * gas * world_size,
-    }
-    for key, value in wanted.items():
-        if cfg.get(key, "auto") not in ("auto", value):
-            raise ValueError(
-                f"trainer.deepspeed.{key}={cfg[key]!r} disagrees with the trainer settings ({value}): "
-                "remove it or set it to 'auto'"
-            )
-        cfg[key] = value
-    if cfg.get("gradient_clipping", "auto") == "auto":
-        cfg["gradient_clipping"] = settings.max_grad_norm
-    for key, on in (("bf16", settings.bf16), ("fp16", settings.fp16)):
-        section = cfg.setdefault(key, {})
-        if section.get("enabled", "auto") == "auto":
-            section["enabled"] = on
-    # A plain torch AdamW: DeepSpeed's fused CPU Adam would need a C++ build (~35 s) for no gain here.
-    cfg.setdefault("zero_allow_untested_optimizer", True)
-    cfg.setdefault("steps_per_print", 10**9)
-    cfg.setdefault("wall_clock_breakdown", False)
-    zero = cfg.setdefault("zero_optimization", {})
-    if zero.get("stage", "auto") == "auto":
-        zero["stage"] = stage
-    return cfg
-
-
-def default_zero_stage(settings: GRPOSettings, world_size: int) -> int:
-    """`zero_stage`, or 0 for a single process (nothing to partition) and 2 for several."""
-    if settings.zero_stage is not None:
-        return settings.zero_stage
-    return 0 if world_size == 1 else 2
-
-
-def _warmup_steps(settings: GRPOSettings, total_steps: int) -> int:
-    if settings.warmup_steps > 0:
-        return settings.warmup_steps
-    return math.ceil(settings.warmup_ratio * total_steps)  # as transformers' get_warmup_steps
 
 
 class PolicyEngine:
@@ -110,7 +43,7 @@ class PolicyEngine:
     ) -> None:
         import deepspeed
         import torch.distributed as dist
-        from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler, set_seed
+        from transformers import AutoTokenizer, get_scheduler, set_seed
 
         if not dist.is_initialized():
             raise RuntimeError(
@@ -129,65 +62,16 @@ class PolicyEngine:
         self._step = 0
         # Same seed on every rank, before anything random (LoRA init), like HF Trainer's set_seed.
         set_seed(settings.seed)
-        dtype = (
-            _DTYPES.get(model_cfg.torch_dtype, torch.float32)
-            if model_cfg.torch_dtype != "auto"
-            else "auto"
-        )
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         if self.tokenizer.pad_token_id is None:
             raise ValueError(
                 f"the tokenizer of {model_path} has no pad token: set one in its tokenizer_config.json"
             )
-        load_kw: dict[str, Any] = {"dtype": dtype}
-        if model_cfg.attn_implementation:
-            load_kw["attn_implementation"] = model_cfg.attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(model_path, **load_kw)
+        model, self.ref_model = load_policy(model_path, settings, model_cfg)
         self.model_dtype = model.dtype
-        if settings.gradient_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs=settings.gradient_checkpointing_kwargs
-            )
-            if model_cfg.use_peft:  # frozen embeddings: checkpointed blocks need inputs with grad
-                model.enable_input_require_grads()
-        self.ref_model = None
-        if model_cfg.use_peft:
-            from peft import LoraConfig, get_peft_model
-
-            lora = LoraConfig(
-                r=model_cfg.lora_r,
-                lora_alpha=model_cfg.lora_alpha,
-                lora_dropout=model_cfg.lora_dropout,
-                target_modules=model_cfg.lora_target_modules or "all-linear",
-                task_type="CAUSAL_LM",
-            )
-            model = get_peft_model(model, lora)
-        elif settings.beta != 0.0:
-            # With LoRA the reference is the base model (adapters disabled); otherwise a frozen copy.
-            self.ref_model = AutoModelForCausalLM.from_pretrained(model_path, **load_kw).eval()
-            self.ref_model.requires_grad_(False)
-        model.train()
-        # dropout off, as TRL's disable_dropout: logps must be deterministic
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
-
         self.ds_config = build_ds_config(settings, self.world_size, ds_config)
         self.zero_stage = int(self.ds_config["zero_optimization"].get("stage", 0))
-        params = [p for p in model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": settings.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=settings.learning_rate,
-            betas=(settings.adam_beta1, settings.adam_beta2),
-            eps=settings.adam_epsilon,
-            fused=settings.optim == "adamw_torch_fused",
-        )
-        warmup = _warmup_steps(settings, total_steps)
+        warmup = warmup_steps(settings, total_steps)
 
         def make_scheduler(opt: Any) -> Any:
             return get_scheduler(
@@ -198,7 +82,10 @@ class PolicyEngine:
             )
 
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=make_scheduler, config=self.ds_config
+            model=model,
+            optimizer=make_optimizer(model, settings),
+            lr_scheduler=make_scheduler,
+            config=self.ds_config,
         )
         if self.ref_model is not None:
             self.ref_model.to(self.engine.device)
@@ -499,52 +386,3 @@ class PolicyEngine:
         self._step = int(state["engine_step"])
         load_rng_state(path, self.rank)
         return dict(state["client_state"])
-
-
-def save_rng_state(path: str, rank: int) -> None:
-    """This process's Python, torch, CUDA and numpy RNG states, as `path`'s file of `rank`."""
-    rng: dict[str, Any] = {
-        "python": random.getstate(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-    try:
-        import numpy as np
-
-        rng["numpy"] = np.random.get_state()
-    except ImportError:  # numpy is optional for the engine itself
-        pass
-    torch.save(rng, os.path.join(path, RNG_FILE.format(rank=rank)))
-
-
-def _numpy_globals() -> list[Any]:
-    """What numpy's RNG state (an ndarray) needs from a weights_only torch.load."""
-    try:
-        import numpy as np
-    except ImportError:
-        return []
-    core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
-    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-
-
-def load_rng_state(path: str, rank: int) -> None:
-    """Restore what save_rng_state wrote; FileNotFoundError if `rank` has no file there (resuming
-    without it would silently change every later random draw)."""
-    rng_file = os.path.join(path, RNG_FILE.format(rank=rank))
-    if not os.path.isfile(rng_file):
-        raise FileNotFoundError(
-            f"{rng_file} is missing: trainer rank {rank} cannot restore its RNG state; resume "
-            "with the pipeline.num_trainer_workers the checkpoint was saved with, or from another "
-            "checkpoint"
-        )
-    # weights_only: unpickling only tensors, containers and numpy's state, never arbitrary code.
-    with torch.serialization.safe_globals(_numpy_globals()):
-        rng = torch.load(rng_file, weights_only=True)
-    random.setstate(rng["python"])
-    torch.set_rng_state(rng["torch"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    if "numpy" in rng:
-        import numpy as np
-
-        np.random.set_state(rng["numpy"])

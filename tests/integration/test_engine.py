@@ -285,7 +285,7 @@ def test_engine_lora_zero2(tiny_model_dir, tmp_path):
     ],
 )
 def test_ds_config_rejects_conflicting_batch_keys(user, match):
-    from trainer.engine import build_ds_config
+    from trainer.ds_config import build_ds_config
 
     with pytest.raises(ValueError, match=match):
         build_ds_config(_settings(3, MBS, GAS), 2, user)
@@ -294,7 +294,7 @@ def test_ds_config_rejects_conflicting_batch_keys(user, match):
 def test_ds_config_defaults_and_auto_values(tmp_path):
     import json
 
-    from trainer.engine import build_ds_config
+    from trainer.ds_config import build_ds_config
 
     cfg = build_ds_config(_settings(3, MBS, GAS), 2)
     assert cfg["zero_optimization"]["stage"] == 3

@@ -100,7 +100,7 @@ def test_the_marker_records_every_file_and_a_truncated_one_is_caught(tmp_path, c
 def test_rng_state_round_trips_with_weights_only_and_a_missing_file_is_an_error(tmp_path):
     import numpy as np
 
-    from trainer.engine import load_rng_state, save_rng_state
+    from trainer.rng_state import load_rng_state, save_rng_state
 
     random.seed(1), torch.manual_seed(1), np.random.seed(1)
     save_rng_state(str(tmp_path), rank=0)
