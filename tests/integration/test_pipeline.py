@@ -436,8 +436,9 @@ def _session_members(sid: int) -> list[str]:
     return out
 
 
-def test_medmcqa_seed_setup_runs_on_the_tiny_model(tmp_path):
-    """configs/medmcqa_tiny.yaml (the reference recipe's accuracy 0.8 + format 0.2 on the shared MedMCQA sample)."""
+def test_medmcqa_seed_setup_runs_on_the_tiny_model(tmp_path, medmcqa_dir):
+    """configs/medmcqa_tiny.yaml (the reference recipe's accuracy 0.8 + format 0.2 on the shared
+    MedMCQA sample, given by the fixture as a user gives their folder)."""
     out = tmp_path / "run"
     cmd = [
         sys.executable,
@@ -445,6 +446,8 @@ def test_medmcqa_seed_setup_runs_on_the_tiny_model(tmp_path):
         "trainer",
         "--config",
         str(REPO / "configs" / "medmcqa_tiny.yaml"),
+        "--set",
+        f"data.path={medmcqa_dir / 'small'}",
         "--set",
         f"trainer.output_dir={out}",
         "--set",
