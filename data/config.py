@@ -6,6 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+# What to do when the data folder is unset or missing (README "Your own data", docs/data.md).
+DATA_PATH_HINT = (
+    "pass --set data.path=DIR, a folder holding train.jsonl and validation.jsonl with one "
+    '{"id", "problem", "solution"} object per line (README "Your own data", docs/data.md); '
+    "MedMCQA in that format: python -m data.prep_medmcqa local_data/medmcqa (needs the hub; "
+    "--from-jsonl DIR converts local public-format files)"
+)
+
 
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -49,7 +57,5 @@ class DataConfig(BaseModel):
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
         if self.source == "jsonl" and not self.path:
-            raise ValueError(
-                "data.path is required when data.source is 'jsonl' (a folder with train.jsonl)"
-            )
+            raise ValueError(f"data.path is required when data.source is 'jsonl': {DATA_PATH_HINT}")
         return self

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # Qwen2's pre-tokenizer split pattern (contractions, letters, single digits, punctuation, spaces).
 QWEN2_SPLIT_PATTERN = (
@@ -72,6 +76,87 @@ def build_tokenizer(vocab_size: int = 1024):
     return tok
 
 
+# The warm start's demonstrations: MedMCQA-style prompts answered in the reference recipe's layout.
+_DEMO_QUESTIONS = (
+    "Which of the following drugs is used in the treatment of the disease?",
+    "Which of the following is the most common cause of the disease in patients?",
+    "Which of the following is the drug of choice for treatment?",
+    "Which of the following is not a cause of the disease?",
+)
+_DEMO_OPTIONS = ("first", "second", "third", "fourth")
+_DEMO_REASONS = (
+    "the drug is used in the treatment",
+    "the most common cause is the first",
+    "the reasoning process is that the drug is given",
+    "patients with the disease are given the treatment",
+)
+
+
+def format_demonstrations(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """`n` (user message, assistant reply) pairs: a MedMCQA-style problem with the reference
+    recipe's instructions, answered in its strict layout (`<think>`, `<answer>` with one letter)."""
+    import random
+
+    from data.prep_medmcqa import format_problem
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        options = rng.sample(_DEMO_OPTIONS, 4)
+        problem = format_problem(rng.choice(_DEMO_QUESTIONS), options)
+        reply = f"<think>\n{rng.choice(_DEMO_REASONS)}\n</think>\n<answer>\n{rng.choice('ABCD')}\n</answer>"
+        out.append((problem, reply))
+    return out
+
+
+def warm_start(
+    model, tokenizer, steps: int, seed: int = 0, lr: float = 3e-3, batch: int = 8
+) -> None:
+    """A few supervised steps on `format_demonstrations` (loss on the reply and its end-of-turn
+    token only), so the tiny model sometimes answers in the reference recipe's layout and GRPO's
+    format reward has differences to learn from (from random weights it never does)."""
+    import torch
+
+    log.info("tiny model: warm start, %d supervised steps on the answer layout", steps)
+    t0 = time.monotonic()
+    pairs = format_demonstrations(steps * batch, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small: one thread is faster, far faster on a busy CPU
+    model.train()
+    try:
+        for step in range(steps):
+            loss = model(**_demo_batch(tokenizer, pairs[step * batch : (step + 1) * batch])).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+        model.eval()
+    log.info("tiny model: warm start done in %.1fs (loss %.3f)", time.monotonic() - t0, loss.item())
+
+
+def _demo_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict:
+    """Right-padded input ids, attention mask and labels (-100 outside the replies)."""
+    import torch
+
+    rows = []
+    for user, reply in pairs:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False
+        )
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        r_ids = tokenizer(reply + EOS_TOKEN, add_special_tokens=False)["input_ids"]
+        rows.append((p_ids + r_ids, [-100] * len(p_ids) + r_ids))
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id
+    return {
+        "input_ids": torch.tensor([x + [pad] * (width - len(x)) for x, _ in rows]),
+        "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in rows]),
+        "labels": torch.tensor([y + [-100] * (width - len(y)) for _, y in rows]),
+    }
+
+
 def build_tiny_model(
     out_dir: str | Path,
     seed: int = 0,
@@ -83,8 +168,11 @@ def build_tiny_model(
     intermediate_size: int | None = None,
     vocab_size: int = 1024,
     max_position_embeddings: int = 4096,
+    warm_start_steps: int = 0,
 ) -> Path:
-    """Write a Hugging Face model folder to `out_dir` and return its path.
+    """Write a Hugging Face model folder to `out_dir` and return its path. `warm_start_steps` > 0
+    trains the random model that many supervised steps on the reference recipe's answer layout
+    (`warm_start`).
 
     head_dim = hidden_size / num_heads must be one vLLM's CPU attention supports (32, 64, 80, ...).
     """
@@ -136,6 +224,9 @@ def build_tiny_model(
     )
     model = Qwen2ForCausalLM(config)
     model.to(torch.float32)
+    if warm_start_steps:
+        torch.manual_seed(seed)
+        warm_start(model, fast, warm_start_steps, seed)
     model.save_pretrained(out, safe_serialization=True)
     gen = {"eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id}
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
@@ -152,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument(
+        "--warm-start-steps",
+        type=int,
+        default=0,
+        help="supervised steps on the reference recipe's answer layout (0: random weights)",
+    )
     a = p.parse_args(argv)
     try:
         out = build_tiny_model(
@@ -161,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             num_layers=a.layers,
             num_heads=a.heads,
             num_kv_heads=a.kv_heads,
+            warm_start_steps=a.warm_start_steps,
         )
     except ValueError as e:
         p.error(str(e))

@@ -1,7 +1,7 @@
 """Submit one multi-node GRPO run to Azure ML: `python deploy/submit.py --config CONFIG ...`.
 
 Owns: the command line (flags override the config's `azure:` section), `--dry-run` (print the job
-YAML, no credentials), workspace resolution (`--workspace-config` file or the three flags),
+YAML; no credentials, no SSH key: a placeholder key stands in), workspace resolution (`--workspace-config` file or the three flags),
 submission with `DefaultAzureCredential`, `--stream`, `--resume JOB`, and the hints printed after
 submitting (how to reach the live sampler).
 Does not know: how the job is built (deploy.jobspec) or what runs inside it (deploy.launch).
@@ -241,12 +241,40 @@ def ml_client(workspace: dict[str, Any], credential: Any = None) -> Any:
     )
 
 
+def placeholder_ssh_key(folder: str | Path) -> str:
+    """A throwaway OpenSSH ed25519 public key (random bytes; no private key exists) for a dry-run
+    on a machine without a key, so the printed job shows the SSH service it would have."""
+    import base64
+    import struct
+
+    def field(b: bytes) -> bytes:
+        return struct.pack(">I", len(b)) + b
+
+    blob = field(b"ssh-ed25519") + field(os.urandom(32))
+    path = Path(folder) / "dry_run_placeholder.pub"
+    path.write_text(f"ssh-ed25519 {base64.b64encode(blob).decode()} grpo-dry-run-placeholder\n")
+    return str(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="grpo-submit-") as tmp:
+        return _main(args, tmp)
+
+
+def _main(args: argparse.Namespace, tmp: str) -> int:
     from deploy.jobspec import build_job, checkpoint_path, job_yaml
 
     try:
         opts, workspace, cfg = resolve(args)
+        if args.dry_run and opts.ssh and not opts.ssh_public_key:
+            opts.ssh_public_key = placeholder_ssh_key(tmp)
+            print(
+                "submit: note: no SSH public key (~/.ssh/id_ed25519.pub): the dry-run shows a "
+                "placeholder SSH key; to submit, create one (ssh-keygen -t ed25519) and pass "
+                "--ssh-public-key, or --no-ssh",
+                file=sys.stderr,
+            )
         from deploy.layout import LayoutError, check_run_config
 
         try:
@@ -268,22 +296,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if prev_out is not None and getattr(prev_out, "path", None):
             opts.checkpoint_path = prev_out.path
 
-    with tempfile.TemporaryDirectory(prefix="grpo-submit-") as tmp:
-        token = Path(tmp) / "ray_auth_token"
-        token.touch(mode=0o600)
-        token.write_text(os.urandom(32).hex(), encoding="utf-8")
-        job = build_job(opts, str(token))
-        if args.dry_run:
-            print(job_yaml(job), end="")
-            print(f"# checkpoints: {checkpoint_path(opts, job.name)}", file=sys.stderr)
-            return 0
-        try:
-            created = client.jobs.create_or_update(job)
-        except (
-            Exception
-        ) as e:  # Azure SDK errors carry the service's message; show it without a traceback
-            print(f"submit: Azure rejected the job: {e}", file=sys.stderr)
-            return 1
+    token = Path(tmp) / "ray_auth_token"
+    token.touch(mode=0o600)
+    token.write_text(os.urandom(32).hex(), encoding="utf-8")
+    job = build_job(opts, str(token))
+    if args.dry_run:
+        print(job_yaml(job), end="")
+        print(f"# checkpoints: {checkpoint_path(opts, job.name)}", file=sys.stderr)
+        return 0
+    try:
+        created = client.jobs.create_or_update(job)
+    except (
+        Exception
+    ) as e:  # Azure SDK errors carry the service's message; show it without a traceback
+        print(f"submit: Azure rejected the job: {e}", file=sys.stderr)
+        return 1
     print(f"submitted {created.name}: {getattr(created, 'studio_url', '')}")
     print(f"checkpoints: {checkpoint_path(opts, created.name)}")
     print(

@@ -1,9 +1,10 @@
 """Reward functions (TRL calling convention) and the reward worker pool.
 
-Owns: the built-in rewards (`accuracy`, `format`, `format_lenient`, `char_class`, `overlong`,
-`repetition`), their registry and plugin loading (`rewards.registry`), and scoring batches with
-failure isolation, in-process or on a Ray actor pool. Layers, low to high: registry, config,
-execution -> spec (validation), batch -> inprocess, worker -> ray_pool -> factory (`make_scorer`).
+Owns: the built-in rewards (`accuracy`, `format`, `format_lenient`, `format_partial`,
+`char_class`, `overlong`, `repetition`), their registry and plugin loading (`rewards.registry`),
+and scoring batches with failure isolation, in-process or on a Ray actor pool. Layers, low to
+high: registry, config, execution -> spec (validation), batch -> inprocess, worker -> ray_pool ->
+factory (`make_scorer`).
 Does not know: the trainer, the sampler, datasets on disk or advantages.
 
 Nothing heavy is imported here; Ray is imported only when a Ray pool is built.

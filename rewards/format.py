@@ -1,6 +1,7 @@
 """The reference recipe's output structure: `<think>` reasoning `</think>` then `<answer>` answer `</answer>`.
 
-Owns: `format` (strict) and `format_lenient`, both 1.0 / 0.0 per completion.
+Owns: `format` (strict) and `format_lenient`, both 1.0 / 0.0 per completion, and
+`format_partial` (partial credit toward the strict layout, for a policy that has not found it yet).
 Does not know: whether the answer is right (that is `accuracy`).
 
 Seed: `^<think>\\n.*?\\n</think>\\n<answer>\\n.*?\\n</answer>$` with DOTALL|MULTILINE. Its `$`
@@ -12,7 +13,10 @@ inside the first. Decisions (examples in docs/rewards.md):
 - lenient: each tag at most once (`<think>` may be missing because chat templates such as
   Qwen3/R1 put it in the prompt), in order, any whitespace around tags, tags in any letter case,
   non-blank answer, only whitespace outside the blocks.
-Tag counts are checked before any regex runs, so both are linear time on any input.
+- partial: 1.0 exactly when strict; otherwise 0.2 for each tag, in the order `<think>`,
+  `</think>`, `<answer>`, `</answer>`, that appears exactly once and after the previous one,
+  counting stops at the first that does not (at most 0.8, so only the full layout earns 1.0).
+Tag counts are checked before any regex runs, so all three are linear time on any input.
 """
 
 from __future__ import annotations
@@ -61,6 +65,24 @@ def format_reward(prompts: list, completions: list, **_: Any) -> list[float | No
 def format_lenient(prompts: list, completions: list, **_: Any) -> list[float | None]:
     """Lenient format: 1.0 or 0.0."""
     return [1.0 if is_lenient_format(completion_text(c)) else 0.0 for c in completions]
+
+
+def partial_format_score(text: str) -> float:
+    """Partial credit toward the strict layout (see the module docstring)."""
+    if is_strict_format(text):
+        return 1.0
+    score, start = 0.0, 0
+    for tag in _TAGS:
+        at = text.find(tag, start)
+        if at < 0 or text.count(tag) != 1:
+            break
+        score, start = score + 0.2, at + len(tag)
+    return round(score, 10)
+
+
+def format_partial(prompts: list, completions: list, **_: Any) -> list[float | None]:
+    """Partial format credit: 1.0 for the strict layout, else 0.2 per tag in order (max 0.8)."""
+    return [partial_format_score(completion_text(c)) for c in completions]
 
 
 format_reward.__name__ = "format"  # TRL names metrics after __name__

@@ -22,6 +22,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "accuracy": "multiple-choice accuracy against the `solution` column (A-D unless answer_choices)",
     "format": "strict reference-recipe format <think>\\n...\\n</think>\\n<answer>\\n...\\n</answer>",
     "format_lenient": "think/answer structure with relaxed whitespace/case, <think> optional",
+    "format_partial": "partial credit toward `format`: 1.0 if strict, else 0.2 per tag in order",
     "char_class": "fraction of characters in the class named by `solution` (charclass task)",
     "overlong": "DAPO soft overlong penalty in [-1, 0]; needs max_completion_length",
     "repetition": "repeated word 3-gram penalty in [-1, 0]",
@@ -33,6 +34,7 @@ BUILTIN_INPUTS: dict[str, frozenset[str]] = {
     "accuracy": frozenset({"prompts", "solution"}),
     "format": frozenset(),
     "format_lenient": frozenset(),
+    "format_partial": frozenset(),
     "char_class": frozenset({"solution"}),
     "overlong": frozenset({"completion_ids"}),
     "repetition": frozenset(),
@@ -89,6 +91,10 @@ def resolve_reward(
         from rewards.format import format_lenient
 
         return format_lenient
+    if name == "format_partial":
+        from rewards.format import format_partial
+
+        return format_partial
     if name == "char_class":
         from rewards.charclass import char_class
 

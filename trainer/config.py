@@ -34,6 +34,13 @@ class ModelConfig(BaseModel):
         description="A local HF model folder, or 'tiny' to build the tiny random model (data.tiny_model).",
     )
     tiny_seed: int = Field(0, description="Seed of the tiny model when name_or_path is 'tiny'.")
+    tiny_warm_start_steps: int = Field(
+        0,
+        ge=0,
+        description="name_or_path 'tiny' only: supervised steps on the reference recipe's answer layout "
+        "(<think>/<answer>) when the tiny model is built, so its format reward starts above 0 and "
+        "has something to learn from (data.tiny_model.warm_start); 0: random weights.",
+    )
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "float32",
         description="Trainer weights dtype (and the sampler's when sampler.dtype is auto).",

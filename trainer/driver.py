@@ -74,7 +74,8 @@ class Run:
     async def run_async(self) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
         ckpt = checkpoints.resume_point(self.out, self.resume, self.world_size)
-        model_path, reward_fns = self._prepare()
+        # The slow start-up phases run in a thread: the event loop stays free for Ctrl-C.
+        model_path, reward_fns = await asyncio.to_thread(self._prepare)
         await self._start_roles(model_path, reward_fns)
         start_step, version = await self._begin(ckpt)
         for step in range(start_step, self.steps):
@@ -110,12 +111,15 @@ class Run:
         resolved.write_text(yaml.safe_dump(redacted(cfg), sort_keys=False))
         dtype = cfg.sampler.dtype if cfg.sampler.dtype != "auto" else cfg.model.torch_dtype
         with phase("start-up: sampler replicas live"):
-            urls = self.roles.start_samplers(
-                model_path, "float32" if dtype == "auto" else dtype, resolved
+            urls = await asyncio.to_thread(
+                self.roles.start_samplers,
+                model_path,
+                "float32" if dtype == "auto" else dtype,
+                resolved,
             )
             await self._connect(urls)
         with phase("start-up: trainer ranks ready"):
-            self.roles.start_trainers(model_path, self.steps)
+            await asyncio.to_thread(self.roles.start_trainers, model_path, self.steps)
             await self.roles.all(
                 "setup_pusher",
                 urls,

@@ -74,7 +74,7 @@ def prepare_model(cfg: RunConfig, out: Path) -> str:
         if not (path / "config.json").is_file():
             from data.tiny_model import build_tiny_model
 
-            build_tiny_model(path, seed=m.tiny_seed)
+            build_tiny_model(path, seed=m.tiny_seed, warm_start_steps=m.tiny_warm_start_steps)
         return str(path)
     if not (Path(m.name_or_path) / "config.json").is_file():
         raise ConfigError(

@@ -14,8 +14,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from data.config import DataConfig
-from data.loader import Example, load_split, to_chat
+from data.config import DATA_PATH_HINT, DataConfig
+from data.loader import DataError, Example, load_split, to_chat
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,10 @@ def load_examples(cfg: DataConfig, split: str) -> list[Example]:
         ]
     from pathlib import Path
 
+    if not Path(cfg.path).is_dir():
+        raise DataError(
+            cfg.path, None, None, f"data folder not found (data.path); {DATA_PATH_HINT}"
+        )
     examples = load_split(Path(cfg.path) / f"{split}.jsonl", cfg.answer_choices)
     if split == cfg.train_split and cfg.num_train_examples:
         examples = examples[: cfg.num_train_examples]

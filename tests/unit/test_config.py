@@ -21,15 +21,24 @@ def test_configs_exist():
     }
 
 
+def _data_from_fixture(path: Path, medmcqa_dir: Path) -> dict | None:
+    """The data folder a shipped jsonl config leaves to the command line: the shared sample."""
+    data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+    if data.get("source") == "jsonl" and not data.get("path"):
+        return {"data.path": str(medmcqa_dir / "small")}
+    return None
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_shipped_config_loads(path):
-    cfg = load_config(path)
+def test_every_shipped_config_loads(path, medmcqa_dir):
+    cfg = load_config(path, _data_from_fixture(path, medmcqa_dir))
     assert cfg.completions_per_step % cfg.trainer.num_generations == 0
     assert cfg.trainer.reward_funcs
 
 
-def test_recipe_style_flat_keys_carry_over():
-    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "medmcqa_recipe_style.yaml")
+def test_recipe_style_flat_keys_carry_over(medmcqa_dir):
+    path = Path(__file__).resolve().parents[2] / "configs" / "medmcqa_recipe_style.yaml"
+    cfg = load_config(path, _data_from_fixture(path, medmcqa_dir))
     t = cfg.trainer
     assert (t.learning_rate, t.num_generations, t.max_completion_length) == (3e-6, 2, 5000)
     assert t.reward_funcs == ["accuracy", "format"] and t.reward_weights == [0.8, 0.2]

@@ -231,3 +231,22 @@ def test_script_runs_as_a_file_and_imports_without_azure_at_module_level():
             "assert not bad, bad")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_dry_run_without_an_ssh_key_shows_a_placeholder_and_submitting_still_needs_one(
+    files, capsys, tmp_path, monkeypatch
+):
+    """A dry-run needs no key: without ~/.ssh/*.pub the job shows a throwaway OpenSSH key (and a
+    note says so); a real submission still stops before contacting Azure."""
+    from azure.ai.ml import load_job
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.ssh
+    base = ["--config", files["config"], "--trainer-nodes", "2", "--data", "azureml:medmcqa:3"]
+    assert submit.main([*base, "--dry-run"]) == 0
+    out = capsys.readouterr()
+    assert "placeholder SSH key" in out.err and "ssh-keygen -t ed25519" in out.err
+    (tmp_path / "job.yaml").write_text(out.out)
+    key = load_job(tmp_path / "job.yaml").services["ssh"].ssh_public_keys
+    assert key.startswith("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI") and "dry-run" in key
+    assert submit.main(base) == 2
+    assert "needs a public key" in capsys.readouterr().err

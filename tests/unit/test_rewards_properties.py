@@ -13,7 +13,8 @@ from rewards import resolve_reward
 from rewards.accuracy import AMBIGUOUS, extract_choice
 from rewards.format import is_lenient_format, is_strict_format
 
-BUILTINS = ["accuracy", "format", "format_lenient", "char_class", "overlong", "repetition"]
+BUILTINS = ["accuracy", "format", "format_lenient", "format_partial", "char_class", "overlong",
+            "repetition"]  # fmt: skip
 FNS = {name: resolve_reward(name, max_completion_length=64) for name in BUILTINS}
 
 # Any code point, lone surrogates included (what `bytes.decode(errors="surrogateescape")` makes).
@@ -83,7 +84,9 @@ def test_no_input_crashes_a_builtin_reward(
         assert len(out) == 1, name
         v = out[0]
         assert v is None or (isinstance(v, float) and not math.isnan(v)), (name, v)
-        if name in ("accuracy", "format", "format_lenient", "char_class") and v is not None:
+        if name in ("accuracy", "format", "format_lenient", "format_partial", "char_class") and (
+            v is not None
+        ):
             assert 0.0 <= v <= 1.0
         if name in ("overlong", "repetition"):
             assert -1.0 <= v <= 0.0
