@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.config import ConfigError, load_config
+from trainer.config import ConfigError
+from trainer.config_loading import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
