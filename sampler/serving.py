@@ -263,6 +263,11 @@ class SamplerService:
                     await on_output(out)
         except client_errors() as e:  # vLLM's input checks: client input it rejected
             raise RequestError(400, f"the engine rejected the request: {e}") from e
+        except engine_gone() as e:  # shutting down or crashed: another replica can serve it
+            raise RequestError(
+                503,
+                "the engine stopped (replica shutting down or failed); retry on another replica",
+            ) from e
         finally:
             self._engine_ids.discard(rid)
             self._public_ids.discard(rid)
@@ -538,6 +543,13 @@ def client_errors() -> tuple[type[BaseException], ...]:
     from vllm.exceptions import VLLMClientError
 
     return (ValueError, TypeError, VLLMClientError)
+
+
+def engine_gone() -> tuple[type[BaseException], ...]:
+    """Exceptions by which vLLM says its engine core is gone (they map to 503, not 500)."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    return (EngineDeadError,)
 
 
 def sampled_logprobs(token_ids: list[int], logprobs: Any) -> list[float]:

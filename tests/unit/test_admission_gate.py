@@ -167,3 +167,23 @@ def test_a_request_still_running_after_the_drain_timeout_is_re_run_and_labelled_
     assert long.policy_version == 1 and long.groups[0].completions[0].token_ids == [1] * 6
     assert svc.metrics.reruns._value.get() == 1
     assert engine.violations == []
+
+
+def test_a_dead_engine_is_a_503_naming_the_cause_not_an_internal_error():
+    """The engine core exits (the replica shuts down, or it crashed) while a request runs: the
+    client gets 503, retry elsewhere, not a 500 (seen under bench/bench_public_flood.py)."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    from sampler.serving import RequestError
+
+    class DeadEngine(FakeEngine):
+        async def generate(self, prompt, params, rid, priority=0):
+            raise EngineDeadError()
+            yield  # an async generator, as vLLM's
+
+    async def go():
+        return await _service(DeadEngine()).generate_grouped(_request(1))
+
+    with pytest.raises(RequestError) as e:
+        asyncio.run(go())
+    assert e.value.status == 503 and "engine" in e.value.message
