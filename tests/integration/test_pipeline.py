@@ -242,61 +242,19 @@ def test_resume_skips_a_truncated_newest_checkpoint(tmp_path):
     assert ids == _expected_prompt_ids(3, 4)
 
 
-def test_sampler_replica_killed_mid_run(tmp_path):
-    """Chaos: SIGKILL one of two sampler replicas mid-run. The run finishes, the replica comes back with
-    the current version, the trained prompt ids show no loss or duplicate."""
-    out = tmp_path / "run"
-    sets = (
-        "sampler.replicas=2",
-        "trainer.max_steps=10",
-        "trainer.eval_steps=null",
-        "trainer.save_steps=100",
-    )
-    proc = _start(out, *sets)
-    try:
-        _wait_for(
-            lambda: (out / "metrics.jsonl").exists() and len(_jsonl(out / "metrics.jsonl")) >= 3,
-            480,
-            "step 3",
-            proc,
-        )
-        victim = json.loads((out / "replicas.json").read_text())[1]
-        os.kill(victim["pid"], signal.SIGKILL)
-        proc.wait(timeout=480)
-    finally:
-        if proc.poll() is None:
-            _kill_group(proc)
-    assert proc.returncode == 0, _driver_log(out)
-    replicas = json.loads((out / "replicas.json").read_text())
-    assert replicas[1]["restarts"] == 1 and replicas[1]["pid"] != victim["pid"]
-    assert replicas[1]["version"] >= 4
-    trained = _jsonl(out / "trained_prompts.jsonl")
-    ids = [i for r in trained for i in r["prompt_ids"]]
-    assert ids == _expected_prompt_ids(10, 4)
-    metrics = _jsonl(out / "metrics.jsonl")
-    assert metrics[-1]["rollout/sampler_restarts"] == 1.0
-    assert metrics[-1]["weight_sync/probe_replicas"] == 2.0
-    # the restarted replica was probed after its resync, before it served again
-    log = (out.parent / "driver.log").read_text(errors="replace")
-    assert f"replica {replicas[1]['url']} rejoined at policy version" in log
+CHAOS_RUN = (
+    "sampler.replicas=2",
+    "trainer.max_steps=10",
+    "trainer.eval_steps=null",
+    "trainer.save_steps=100",
+)
 
 
-def test_sampler_replica_stopped_mid_run(tmp_path):
-    """Chaos: SIGSTOP one of two sampler replicas mid-run. It stays alive and accepts connections
-    but never answers, so only the watchdog can tell: it declares it hung, kills it (its in-flight
-    requests re-run on the other replica), and it is restarted between steps. The run finishes
-    and the trained prompt ids show no loss or duplicate."""
-    out = tmp_path / "run"
-    sets = (
-        "sampler.replicas=2",
-        "trainer.max_steps=10",
-        "trainer.eval_steps=null",
-        "trainer.save_steps=100",
-        "sampler.watchdog.interval_s=2",
-        "sampler.watchdog.timeout_s=5",
-        "sampler.watchdog.failures=3",
-    )
-    proc = _start(out, *sets)
+def _chaos(out: Path, act, *sets: str) -> tuple[dict, list[dict], str]:
+    """Run CHAOS_RUN, `act(victim)` on replica 1 at step 3, let the run finish. Returns the
+    victim's old entry, replicas.json after the run, the driver's log; asserts what every chaos
+    run must show: exit 0, replica 1 restarted once, no prompt lost or trained twice."""
+    proc = _start(out, *CHAOS_RUN, *sets)
     victim = None
     try:
         _wait_for(
@@ -306,7 +264,7 @@ def test_sampler_replica_stopped_mid_run(tmp_path):
             proc,
         )
         victim = json.loads((out / "replicas.json").read_text())[1]
-        os.killpg(victim["pid"], signal.SIGSTOP)  # the server and its engine core
+        act(victim)
         proc.wait(timeout=480)
     finally:
         if proc.poll() is None:
@@ -319,14 +277,41 @@ def test_sampler_replica_stopped_mid_run(tmp_path):
     assert replicas[0]["restarts"] == 0
     assert replicas[1]["restarts"] == 1 and replicas[1]["pid"] != victim["pid"]
     trained = _jsonl(out / "trained_prompts.jsonl")
-    ids = [i for r in trained for i in r["prompt_ids"]]
-    assert ids == _expected_prompt_ids(10, 4)
+    assert [i for r in trained for i in r["prompt_ids"]] == _expected_prompt_ids(10, 4)
+    log = (out.parent / "driver.log").read_text(errors="replace")
+    # the restarted replica was probed after its resync, before it served again
+    assert f"replica {replicas[1]['url']} rejoined at policy version" in log
+    return victim, replicas, log
+
+
+def test_sampler_replica_killed_mid_run(tmp_path):
+    """Chaos: SIGKILL one of two sampler replicas mid-run. The run finishes, the replica comes back with
+    the current version, the trained prompt ids show no loss or duplicate."""
+    out = tmp_path / "run"
+    _, replicas, _ = _chaos(out, lambda victim: os.kill(victim["pid"], signal.SIGKILL))
+    assert replicas[1]["version"] >= 4
+    metrics = _jsonl(out / "metrics.jsonl")
+    assert metrics[-1]["rollout/sampler_restarts"] == 1.0
+    assert metrics[-1]["weight_sync/probe_replicas"] == 2.0
+
+
+def test_sampler_replica_stopped_mid_run(tmp_path):
+    """Chaos: SIGSTOP one of two sampler replicas mid-run. It stays alive and accepts connections
+    but never answers, so only the watchdog can tell: it declares it hung, kills it (its in-flight
+    requests re-run on the other replica), and it is restarted between steps. The run finishes
+    and the trained prompt ids show no loss or duplicate."""
+    out = tmp_path / "run"
+    victim, _, log = _chaos(
+        out,
+        lambda victim: os.killpg(victim["pid"], signal.SIGSTOP),  # the server and its engine core
+        "sampler.watchdog.interval_s=2",
+        "sampler.watchdog.timeout_s=5",
+        "sampler.watchdog.failures=3",
+    )
     metrics = _jsonl(out / "metrics.jsonl")
     assert metrics[-1]["rollout/sampler_hung"] == 1.0
     assert metrics[-1]["rollout/sampler_restarts"] == 1.0
-    log = (out.parent / "driver.log").read_text(errors="replace")
     assert f"sampler replica 1 ({victim['url']}) failed 3 health checks in a row: hung" in log
-    assert f"replica {replicas[1]['url']} rejoined at policy version" in log
 
 
 def test_a_sampler_serving_other_weights_stops_the_run_before_step_1(tmp_path):
