@@ -1,4 +1,5 @@
-"""`python -m trainer --config CONFIG [--resume] [--set key=value ...]`: run the GRPO pipeline."""
+"""`python -m trainer --config CONFIG [--resume] [--set key=value ...] [--serve]`: run the GRPO
+pipeline."""
 
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="after training, keep the sampler replicas serving the final policy (OpenAI API) "
+        "until Ctrl-C; exit code 0",
+    )
     a = p.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("LOGLEVEL", "INFO"),
@@ -45,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         check_inputs(cfg)
         from trainer.driver import run
 
-        rc = run(cfg, resume="auto" if a.auto_resume else a.resume)
+        rc = run(cfg, resume="auto" if a.auto_resume else a.resume, serve=a.serve)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

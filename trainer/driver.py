@@ -31,7 +31,7 @@ from trainer.orchestrator import Orchestrator, RolloutSettings, StepBatch
 from trainer.preparation import Prompts, prepare_model, prepare_prompts, redacted, total_steps
 from trainer.prompts import DataCursor, Prompt
 from trainer.roles import Roles
-from trainer.run_files import RunFiles, completion_rows, progress_line
+from trainer.run_files import RunFiles, completion_rows, eval_line, progress_line
 from trainer.sampling import rollout_sampling
 
 log = logging.getLogger("trainer")
@@ -69,6 +69,7 @@ class Run:
         self._pending_push: asyncio.Task | None = None
         self.steps_done = 0  # steps trained (and logged) so far, this session included
         self.checkpoint_step: int | None = None  # the newest complete checkpoint's step
+        self.finished = False  # the final model is saved (a later Ctrl-C is no interruption)
 
     # ------------------------------------------------------------------ the run
     async def run_async(self) -> int:
@@ -81,7 +82,20 @@ class Run:
         for step in range(start_step, self.steps):
             version = await self._step(step, version, first=step == start_step)
         await self._finish()
+        self.finished = True
         return 0
+
+    async def serve(self) -> None:
+        """Keep the replicas serving the final policy until the run is cancelled (Ctrl-C)."""
+        if self.healer is not None:  # nothing restarts a replica now: no watchdog kills either
+            await self.healer.aclose()
+        for url in self.client.urls:
+            print(
+                f"sampler still serving the final policy at {url}/v1 (API key in "
+                f"{self.roles.key_file}); Ctrl-C to stop",
+                flush=True,
+            )
+        await asyncio.Event().wait()
 
     def _prepare(self) -> tuple[str, list]:
         """Everything that can fail on the user's input, before any role starts."""
@@ -204,7 +218,7 @@ class Run:
         )
         self.orch.start()
         if self.prompts.evals and t.eval_on_start and start_step == 0:
-            self.tracker.metrics(await self.evaluate(self.prompts.evals), step=0)
+            await self._eval(0)
         return start_step, version
 
     def _params(self) -> dict[str, Any]:
@@ -267,7 +281,7 @@ class Run:
         if t.log_completions and done % t.log_completions_steps == 0:
             self.tracker.table(completion_rows(done, batch), f"completions/step_{done:06d}.json")
         if self.prompts.evals and t.eval_steps and done % t.eval_steps == 0:
-            self.tracker.metrics(await self.evaluate(self.prompts.evals), step=done)
+            await self._eval(done)
         self.steps_done = done
         if done % t.save_steps == 0 or done == self.steps:
             await self.save_checkpoint(done, batch, version)
@@ -340,6 +354,12 @@ class Run:
         task, self._pending_push = self._pending_push, None
         return await task if task is not None else {}
 
+    async def _eval(self, step: int) -> None:
+        """Evaluate, log to MLflow, and say it on the console beside the step lines."""
+        m = await self.evaluate(self.prompts.evals)
+        self.tracker.metrics(m, step=step)
+        print(eval_line(step, len(self.prompts.evals), m), flush=True)
+
     async def evaluate(self, evals: list[Prompt]) -> dict[str, float]:
         return await evaluate(self.client, self.scorer, self.cfg.trainer, evals)
 
@@ -409,8 +429,9 @@ class Run:
         self.roles.release()
 
 
-def run(cfg: RunConfig, resume: bool | str = False) -> int:
-    """Run the pipeline; on SIGINT/SIGTERM stop, shut every role down, and return 128 + signal."""
+def run(cfg: RunConfig, resume: bool | str = False, serve: bool = False) -> int:
+    """Run the pipeline; on SIGINT/SIGTERM stop, shut every role down, and return 128 + signal.
+    `serve`: after training, keep the replicas serving the final policy until a signal (then 0)."""
     import signal
 
     r = Run(cfg, resume)
@@ -431,8 +452,13 @@ def run(cfg: RunConfig, resume: bool | str = False) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
         try:
-            return await r.run_async()
+            rc = await r.run_async()
+            if serve:
+                await r.serve()
+            return rc
         except asyncio.CancelledError:
+            if stopped and r.finished:  # Ctrl-C while serving a finished run
+                return 0
             if stopped:
                 log.warning("%s", r.resume_hint())
                 return 128 + stopped[0]

@@ -100,3 +100,11 @@ def progress_line(step: int, steps: int, m: dict[str, float]) -> str:
         f"| step {m['timing/step_s']:.2f}s | {m.get('sampler/tokens_per_s', 0):.0f} tok/s "
         f"| version {int(m['policy/version'])} | loss {m.get('loss', float('nan')):.4f}"
     )
+
+
+def eval_line(step: int, n: int, m: dict[str, float]) -> str:
+    parts = [f"eval at step {step} ({n} prompts) | reward {m['eval_reward']:.3f}"]
+    parts += [
+        f"{k.split('/')[1]} {v:.3f}" for k, v in sorted(m.items()) if k.startswith("eval_rewards/")
+    ]
+    return " | ".join(parts)

@@ -60,14 +60,21 @@ def _run(
     return proc
 
 
-def _start(out: Path, *sets: str) -> subprocess.Popen:
-    """The driver in its own session, its output in a file (a pipe nobody drains would block it)."""
+def _start(
+    out: Path, *sets: str, extra: tuple[str, ...] = (), marker: str | None = None
+) -> subprocess.Popen:
+    """The driver in its own session, its output in a file (a pipe nobody drains would block it).
+    `marker` (KEY=VALUE): put in its environment, so every process of the run inherits it."""
     out.mkdir(parents=True, exist_ok=True)
+    env = _env()
+    if marker:
+        key, value = marker.split("=")
+        env[key] = value
     with open(out.parent / "driver.log", "w") as log:
         return subprocess.Popen(
-            _cmd(out, *sets),
+            [*_cmd(out, *sets), *extra],
             cwd=REPO,
-            env=_env(),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -379,6 +386,49 @@ def test_zero_variance_groups_are_filtered_and_counted(tmp_path):
     assert [len(r["prompt_ids"]) for r in trained] == [4, 4]
 
 
+def test_serve_keeps_the_final_policy_live_until_ctrl_c(tmp_path):
+    """`--serve`: after the last step the replica keeps serving the final policy (version = the
+    number of steps) over the OpenAI API; Ctrl-C then ends the run with exit 0 and nothing left.
+    Eval results reach the console beside the step lines."""
+    import httpx
+
+    out = tmp_path / "run"
+    marker = f"GRPO_TEST_RUN={tmp_path.name}"
+    sets = ("trainer.max_steps=2", "trainer.eval_steps=2", "mlflow.log_model=false")
+    proc = _start(out, *sets, extra=("--serve",), marker=marker)
+    try:
+        _wait_for(
+            lambda: "still serving the final policy" in _driver_log(out), 480, "serving", proc
+        )
+        url = json.loads((out / "replicas.json").read_text())[0]["url"]
+        api_key = (out / "sampler_api_key").read_text().strip()
+        r = httpx.post(
+            f"{url}/v1/completions",
+            json={"model": "policy", "prompt": "Reply with digits:", "max_tokens": 4},
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["x-policy-version"] == "2"
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+    log = _driver_log(out)
+    assert proc.returncode == 0, log[-4000:]
+    assert "eval at step 2 (" in log, log[-3000:]
+    assert "Traceback" not in log and "interrupted" not in log, log[-3000:]
+    _wait_gone(marker)
+
+
+def _wait_gone(marker: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _marked(marker):
+        time.sleep(0.5)  # Ray's own processes exit asynchronously after ray.shutdown(); bounded
+    assert not _marked(marker), _marked(marker)
+
+
 def _marked(marker: str) -> list[str]:
     """Live processes whose environment carries `marker` (inherited by every process a run
     starts, whatever its session: Ray's daemons and workers, servers, engine cores)."""
@@ -416,14 +466,8 @@ def test_ctrl_c_shuts_every_role_down(tmp_path, when, ready):
     process of the run left: sampler servers, their vLLM engine cores, Ray's processes."""
     out = tmp_path / "run"
     marker = f"GRPO_TEST_RUN={tmp_path.name}"
-    key, value = marker.split("=")
-    os.environ[key] = value  # inherited by _env(): every process of this run carries it
-    try:
-        proc = _start(
-            out, "trainer.max_steps=500", "trainer.eval_steps=null", "trainer.save_steps=1"
-        )
-    finally:
-        del os.environ[key]
+    sets = ("trainer.max_steps=500", "trainer.eval_steps=null", "trainer.save_steps=1")
+    proc = _start(out, *sets, marker=marker)
     try:
         _wait_for(lambda: ready(out, _driver_log(out)), 480, when, proc)
         os.killpg(proc.pid, signal.SIGINT)
@@ -438,10 +482,7 @@ def test_ctrl_c_shuts_every_role_down(tmp_path, when, ready):
         assert "--resume continues after step" in err, err[-2000:]
     else:
         assert "no checkpoint yet" in err, err[-2000:]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _marked(marker):
-        time.sleep(0.5)  # Ray's own processes exit asynchronously after ray.shutdown(); bounded
-    assert not _marked(marker), _marked(marker)
+    _wait_gone(marker)
 
 
 def test_medmcqa_seed_setup_runs_on_the_tiny_model(tmp_path, medmcqa_dir):
