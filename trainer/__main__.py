@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # config, model folder and data first: they fail in a second, before anything starts
         cfg = load_config(a.config, parse_overrides(a.set))
         check_inputs(cfg)
-        from trainer.driver import run
+        from trainer.entry import run
 
         rc = run(cfg, resume="auto" if a.auto_resume else a.resume, serve=a.serve)
     except ConfigError as e:

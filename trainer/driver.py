@@ -27,12 +27,12 @@ from trainer.batch import loss_tokens
 from trainer.config import ConfigError, RunConfig
 from trainer.evaluation import evaluate
 from trainer.healing import ReplicaHealer
-from trainer.orchestrator import Orchestrator, RolloutSettings, StepBatch
+from trainer.orchestrator import Orchestrator, StepBatch
 from trainer.preparation import Prompts, prepare_model, prepare_prompts, redacted, total_steps
 from trainer.prompts import DataCursor, Prompt
 from trainer.roles import Roles
 from trainer.run_files import RunFiles, completion_rows, eval_line, progress_line
-from trainer.sampling import rollout_sampling
+from trainer.sampling import rollout_settings
 
 log = logging.getLogger("trainer")
 
@@ -178,7 +178,7 @@ class Run:
     async def _begin(self, ckpt: Path | None) -> tuple[int, int]:
         """Resume (or prove the samplers' weights), open tracking, start the rollouts; returns
         (first step, policy version)."""
-        from trainer.tracking import open_tracker
+        from trainer.tracking import open_tracker, run_params
 
         cfg, t = self.cfg, self.cfg.trainer
         start_step, version, run_id = 0, 0, None
@@ -202,7 +202,11 @@ class Run:
         self.files.truncate(start_step)
         self.tracker = open_tracker(cfg.mlflow, self.out, t.run_name, run_id=run_id)
         if run_id is None:
-            self.tracker.params(self._params())
+            self.tracker.params(
+                run_params(
+                    cfg, self.client.urls, self.roles.key_file, self.roles.weight_transport()
+                )
+            )
         dropped = {
             f"data/{k}_prompts_dropped_too_long": float(v) for k, v in self.prompts.dropped.items()
         }
@@ -212,7 +216,7 @@ class Run:
             self.cursor,
             self.client,
             self.scorer,
-            self._rollout_settings(),
+            rollout_settings(cfg, self.steps),
             start_step,
             version,
         )
@@ -220,37 +224,6 @@ class Run:
         if self.prompts.evals and t.eval_on_start and start_step == 0:
             await self._eval(0)
         return start_step, version
-
-    def _params(self) -> dict[str, Any]:
-        cfg, t = self.cfg, self.cfg.trainer
-        return {
-            **{f"trainer.{k}": v for k, v in t.model_dump().items()},
-            "model": cfg.model.name_or_path,
-            "sampler_urls": self.client.urls,
-            "sampler_api_key_file": str(self.roles.key_file),
-            "max_staleness": cfg.pipeline.max_staleness,
-            "weight_sync": self.roles.weight_transport(),
-            "num_trainer_workers": cfg.pipeline.num_trainer_workers,
-        }
-
-    def _rollout_settings(self) -> RolloutSettings:
-        from rewards.registry import reward_name
-
-        cfg, t = self.cfg, self.cfg.trainer
-        return RolloutSettings(
-            t.num_generations,
-            cfg.prompts_per_step,
-            cfg.pipeline.max_staleness,
-            t.scale_rewards,
-            rollout_sampling(t),
-            cfg.pipeline.filter_zero_std_groups,
-            cfg.pipeline.max_inflight_prompts,
-            [reward_name(n) for n in t.reward_funcs],
-            self.steps,
-            cfg.pipeline.dispatch_ahead,
-            cfg.pipeline.max_failed_reward_fraction,
-            cfg.pipeline.failed_reward_window,
-        )
 
     async def _step(self, step: int, version: int, first: bool) -> int:
         """One training step (0-based `step`); returns the policy version after it."""
@@ -427,43 +400,3 @@ class Run:
         if self.scorer is not None:
             self.scorer.close()
         self.roles.release()
-
-
-def run(cfg: RunConfig, resume: bool | str = False, serve: bool = False) -> int:
-    """Run the pipeline; on SIGINT/SIGTERM stop, shut every role down, and return 128 + signal.
-    `serve`: after training, keep the replicas serving the final policy until a signal (then 0)."""
-    import signal
-
-    r = Run(cfg, resume)
-
-    async def main() -> int:
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        stopped: list[signal.Signals] = []
-
-        def on_signal(sig: signal.Signals) -> None:
-            if stopped:  # a second Ctrl-C must not abort the teardown half-way
-                log.warning("%s again: still shutting down every role, please wait", sig.name)
-                return
-            stopped.append(sig)
-            log.warning("%s: stopping the run and shutting every role down", sig.name)
-            task.cancel()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal, sig)
-        try:
-            rc = await r.run_async()
-            if serve:
-                await r.serve()
-            return rc
-        except asyncio.CancelledError:
-            if stopped and r.finished:  # Ctrl-C while serving a finished run
-                return 0
-            if stopped:
-                log.warning("%s", r.resume_hint())
-                return 128 + stopped[0]
-            raise
-        finally:
-            await r.shutdown()
-
-    return asyncio.run(main())

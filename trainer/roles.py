@@ -117,7 +117,7 @@ class Roles:
         """Launch the replicas (or take the external URLs); their URLs once all are live."""
         import ray
 
-        from trainer.workers import SamplerReplica
+        from trainer.replica_actor import SamplerReplica
 
         s = self.cfg.sampler
         self._keys()

@@ -161,3 +161,18 @@ class Tracker:
 
 def _same_location(location: str, path: str) -> bool:
     return location.removeprefix("file://") == str(Path(path))
+
+
+def run_params(cfg: Any, urls: list[str], key_file: Any, transport: str) -> dict[str, Any]:
+    """The MLflow params of a new run: the trainer section (TRL names) and the pipeline's shape.
+    Keys never: the API key's file path only."""
+    t = cfg.trainer
+    return {
+        **{f"trainer.{k}": v for k, v in t.model_dump().items()},
+        "model": cfg.model.name_or_path,
+        "sampler_urls": urls,
+        "sampler_api_key_file": str(key_file),
+        "max_staleness": cfg.pipeline.max_staleness,
+        "weight_sync": transport,
+        "num_trainer_workers": cfg.pipeline.num_trainer_workers,
+    }

@@ -1,10 +1,10 @@
-"""Ray actors for the roles the driver places: trainer processes and sampler replicas.
+"""The Ray actor of a trainer rank (the sampler replicas' actor: trainer.replica_actor).
 
-Owns: process-level plumbing for each role: a `TrainerWorker` is one rank of the DeepSpeed process
+Owns: process-level plumbing of a rank: a `TrainerWorker` is one rank of the DeepSpeed process
 group (it sets the torch.distributed env, builds the `PolicyEngine`, and on rank 0 owns the weight
-pusher); a `SamplerReplica` runs one `python -m sampler` server process on its node and reports its
-URL. Does not know: GRPO math (engine/loss), rollout scheduling (orchestrator), the run loop (driver).
-Ray is imported by the driver; these classes are wrapped with `ray.remote` there.
+pusher and the weight probe). Does not know: GRPO math (engine/loss), rollout scheduling
+(orchestrator), the run loop (driver). Ray is imported by the driver (trainer.roles); the class is
+wrapped with `ray.remote` there.
 """
 
 from __future__ import annotations
@@ -14,13 +14,9 @@ import contextlib
 import logging
 import os
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from trainer.cluster import scrub_torch_env
-
-if TYPE_CHECKING:
-    from sampler.launch import SamplerProcess
 
 log = logging.getLogger(__name__)
 
@@ -344,87 +340,3 @@ def _push_metrics(stats: dict[str, float] | None, seconds: float) -> dict[str, f
         "timing/weight_sync_s": seconds,
         **{f"weight_sync/{k}": float(v) for k, v in (stats or {}).items()},
     }
-
-
-class SamplerReplica:
-    """Runs one sampler server process (`python -m sampler`) on this node."""
-
-    def __init__(
-        self,
-        index: int,
-        model_path: str,
-        sampler_args: list[str],
-        host: str,
-        api_key: str | None,
-        admin_key: str,
-        log_dir: str,
-        env: dict[str, str] | None = None,
-        trainer_key: str | None = None,
-    ):
-        self.index, self.model_path, self.args = index, model_path, sampler_args
-        self.host, self.api_key, self.admin_key = host, api_key, admin_key
-        self.trainer_key = trainer_key
-        self.log_dir = Path(log_dir)
-        self.env = env or {}
-        self.proc: SamplerProcess | None = None
-        self.url: str | None = None
-        self.restarts = -1
-
-    def start(self, timeout_s: float = 600.0) -> str:
-        """(Re)start the server and return its URL once /health says it is ready."""
-        from sampler.launch import start_sampler
-        from sampler.netaddr import is_loopback
-
-        self.stop()
-        loopback = is_loopback(self.host)
-        advertise = "127.0.0.1" if loopback else node_ip()
-        if not loopback and is_loopback(advertise):
-            raise RuntimeError(
-                f"sampler replica {self.index} binds {self.host} but this node's address is "
-                f"{advertise}: it would publish a URL no other node can reach (is Ray running here?)"
-            )
-        env, _ = scrub_torch_env(os.environ)
-        env.update({"OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"), **self.env})
-        self.restarts += 1
-        self.proc = start_sampler(
-            self.model_path,
-            log_path=self.log_dir / f"sampler-{self.index}.log",
-            host=self.host,
-            advertise=advertise,
-            api_key=self.api_key,
-            admin_key=self.admin_key,
-            trainer_key=self.trainer_key,
-            extra_args=self.args,
-            env=env,
-            die_with_parent=True,
-            timeout_s=timeout_s,
-        )
-        self.url = self.proc.url
-        return self.url
-
-    def pid(self) -> int | None:
-        return self.proc.proc.pid if self.proc else None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.proc.poll() is None
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "node_ip": node_ip(),
-            "url": self.url,
-            "pid": self.pid(),
-            "alive": self.alive(),
-            "restarts": self.restarts,
-        }
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-        self.proc = None
-
-    def kill(self) -> None:
-        """SIGKILL the server and its engine (a hung replica: SIGTERM would wait on a stopped
-        or deadlocked process); connections to it then fail at once."""
-        if self.proc is not None:
-            self.proc.kill()
