@@ -410,16 +410,24 @@ def test_serve_keeps_the_final_policy_live_until_ctrl_c(tmp_path):
         )
         assert r.status_code == 200, r.text
         assert r.headers["x-policy-version"] == "2"
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=120)
     finally:
-        if proc.poll() is None:
-            _kill_group(proc)
+        _ctrl_c(proc)
     log = _driver_log(out)
     assert proc.returncode == 0, log[-4000:]
     assert "eval at step 2 (" in log, log[-3000:]
     assert "Traceback" not in log and "interrupted" not in log, log[-3000:]
     _wait_gone(marker)
+
+
+def _ctrl_c(proc: subprocess.Popen) -> None:
+    """SIGINT to the driver's process group, as a terminal's Ctrl-C; SIGKILL if it hangs."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
 
 
 def _wait_gone(marker: str) -> None:
@@ -470,11 +478,8 @@ def test_ctrl_c_shuts_every_role_down(tmp_path, when, ready):
     proc = _start(out, *sets, marker=marker)
     try:
         _wait_for(lambda: ready(out, _driver_log(out)), 480, when, proc)
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=120)
     finally:
-        if proc.poll() is None:
-            _kill_group(proc)
+        _ctrl_c(proc)
     err = _driver_log(out)
     assert proc.returncode == 130, err[-4000:]
     assert "interrupted" in err and "Traceback" not in err, err[-4000:]
