@@ -182,11 +182,13 @@ class SamplerClient:
         )
 
     # ------------------------------------------------------------------ health / versions
-    async def health(self, url: str, *, accept_needs_weights: bool = False) -> dict | None:
+    async def health(
+        self, url: str, *, accept_needs_weights: bool = False, timeout_s: float = 5.0
+    ) -> dict | None:
         """The replica's /health body when it serves (or, with `accept_needs_weights`, when it
-        is alive but waits for a full weight push); None otherwise."""
+        is alive but waits for a full weight push) within `timeout_s`; None otherwise."""
         try:
-            r = await self._http.get(f"{url}/health", timeout=5.0)
+            r = await self._http.get(f"{url}/health", timeout=timeout_s)
             body = r.json() if r.status_code in (200, 503) else None
         except (httpx.HTTPError, ValueError):
             return None
@@ -195,18 +197,6 @@ class SamplerClient:
         if accept_needs_weights and isinstance(body, dict):
             return body if body.get("status") == "needs_weights" else None
         return None
-
-    async def responsive(self, url: str, timeout_s: float) -> bool:
-        """Whether the replica's server and engine answer /health within `timeout_s` (one that
-        waits for a full weight push is alive: it answers)."""
-        try:
-            r = await self._http.get(f"{url}/health", timeout=timeout_s)
-            body = r.json() if r.status_code in (200, 503) else None
-        except (httpx.HTTPError, ValueError):
-            return False
-        return r.status_code == 200 or (
-            isinstance(body, dict) and body.get("status") == "needs_weights"
-        )
 
     async def wait_healthy(self, timeout_s: float) -> None:
         """Poll /health of every replica until all answer ok; raise naming those that are not."""

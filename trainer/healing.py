@@ -56,7 +56,11 @@ class ReplicaHealer:
         self._task = asyncio.create_task(self.watchdog.run(), name="replica-watchdog")
 
     async def _responsive(self, url: str) -> bool:
-        return await self.client.responsive(url, self.cfg.timeout_s)
+        """Server and engine answer in time (one waiting for a full weight push is alive)."""
+        body = await self.client.health(
+            url, accept_needs_weights=True, timeout_s=self.cfg.timeout_s
+        )
+        return body is not None
 
     async def _kill(self, index: int, url: str) -> None:
         """A hung replica: SIGKILL its process group, so whatever waits on it fails now."""
@@ -80,7 +84,7 @@ class ReplicaHealer:
         """Restart dead replicas whose backoff has passed, resync them to `version`, and put them
         back in rotation; replicas still backing off stay out of it (logged)."""
         self.check_watchdog()
-        infos = await asyncio.gather(*[r.info.remote() for r in self.replicas])
+        infos = await self._infos()
         dead = [i for i, info in enumerate(infos) if not info["alive"]]
         if not dead:
             return
