@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -49,6 +49,14 @@ class CompletionResult:
     logprobs: list[float]
     finish_reason: str
     text: str
+    # (version, index of its first token) per span, oldest first: more than one when weights
+    # were updated while this completion was generated (sampler.update_mode=inflight)
+    versions: list[tuple[int, int]] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, c: dict) -> CompletionResult:
+        spans = [(int(v["version"]), int(v["start"])) for v in c.get("versions", [])]
+        return cls(c["token_ids"], c["logprobs"], c["finish_reason"], c["text"], spans)
 
 
 @dataclass
@@ -171,7 +179,7 @@ class SamplerClient:
             return [
                 GroupResult(
                     prompt_token_ids=g["prompt_token_ids"],
-                    completions=[CompletionResult(**c) for c in g["completions"]],
+                    completions=[CompletionResult.from_json(c) for c in g["completions"]],
                     policy_version=g["policy_version"],
                     replica=url,
                 )

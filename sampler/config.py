@@ -152,6 +152,15 @@ class SamplerConfig(BaseModel):
         "them: non-streamed ones re-run on the new weights (labelled with it), streams end with a "
         "503 error event. The trainer's requests get update_drain_timeout_s.",
     )
+    update_mode: Literal["drain", "inflight"] = Field(
+        "drain",
+        description="How a weight update treats requests in flight. 'drain': it waits for them to "
+        "finish on the old weights (aborting those left after update_drain_timeout_s, which re-run "
+        "on the new ones), so every completion comes from one version; the update waits for the "
+        "longest completion. 'inflight': it freezes them, loads, and lets them continue on the new "
+        "weights, keeping their KV cache; a completion then spans versions and reports which "
+        "tokens came from which (`versions` on the grouped route). See docs/architecture.md.",
+    )
     update_drain_timeout_s: float = Field(
         60,
         gt=0,

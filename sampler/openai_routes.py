@@ -16,6 +16,7 @@ from typing import Any
 
 from sampler.protocol import ChatRequest, CompletionRequest
 from sampler.serving import RequestError, SamplerService, aiter_queue
+from sampler.updates import token_versions
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,13 @@ class OpenAIHandler:
         return self._body("chatcmpl", "chat.completion", choices, _usage(prompts, n_tok), version)
 
     # ------------------------------------------------------------------ streaming
+    def _finished_on(self, c: Any, version: int) -> int | None:
+        """A streamed choice's version once it finished (vLLM reports spans only then)."""
+        if c.finish_reason is None:
+            return None
+        spans = token_versions(c, self.svc.initial_version)
+        return spans[-1].version if spans else version
+
     async def stream(self, req: CompletionRequest | ChatRequest) -> tuple[AsyncIterator[str], int]:
         chat = isinstance(req, ChatRequest)
         prompts, params = self.prepare_chat(req) if chat else self.prepare_completion(req)
@@ -214,14 +222,15 @@ class OpenAIHandler:
         top = getattr(req, "top_logprobs", None) or 0
         want_lp = bool(req.logprobs) if chat else req.logprobs is not None
 
-        def chunk(choices: list[dict], usage: dict | None = None) -> str:
+        def chunk(choices: list[dict], usage: dict | None = None, at: int | None = None) -> str:
             body = {
                 "id": rid,
                 "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": created,
                 "model": self.svc.model_name,
                 "choices": choices,
-                "policy_version": version,
+                # the version so far (the header's); a choice's last chunk: the one it finished on
+                "policy_version": version if at is None else at,
             }
             if usage is not None:
                 body["usage"] = usage
@@ -238,7 +247,7 @@ class OpenAIHandler:
                         piece = _delta(c, idx, sent, chat, want_lp, top)
                         if piece is not None:
                             n_tok += piece[1]
-                            yield chunk([piece[0]])
+                            yield chunk([piece[0]], at=self._finished_on(c, version))
                 if include_usage:
                     yield chunk([], _usage(prompts, n_tok))
                 self.svc.metrics.observe_request(

@@ -62,22 +62,35 @@ class GroupedRequest(SamplingFields):
         return self
 
 
+class VersionSpan(BaseModel):
+    """Tokens from `start` up to the next span's start (or the end) came from weights `version`."""
+
+    version: int
+    start: int = Field(ge=0, description="Index of the first completion token of this span.")
+
+
 class GroupedCompletion(BaseModel):
     token_ids: list[int]
     logprobs: list[float] = Field(description="Sampling logprob of each completion token.")
     finish_reason: str = Field(description="'stop' (eos/stop token) or 'length' (hit max_tokens).")
     text: str
+    versions: list[VersionSpan] = Field(
+        description="Which weights produced which tokens, oldest first: one span, unless weights "
+        "were updated while this completion was generated (sampler.update_mode=inflight)."
+    )
 
 
 class Group(BaseModel):
     prompt_token_ids: list[int]
     completions: list[GroupedCompletion]
-    policy_version: int = Field(description="Weights version that produced every completion here.")
+    policy_version: int = Field(
+        description="The oldest weights version of any token here (what staleness bounds)."
+    )
 
 
 class GroupedResponse(BaseModel):
     groups: list[Group]
-    policy_version: int
+    policy_version: int = Field(description="The oldest version of any group here.")
 
 
 # ---------------------------------------------------------------- OpenAI subset

@@ -6,13 +6,12 @@ bounds that depend on the model/config; Prometheus metrics. Does not know: HTTP/
 live in `api.py`), how the engine was built (`engine.py`), the wire format of weight buckets
 (`sampler/weights/wire.py`).
 
-Versioning rule (why labels are exact): every request is admitted through a gate and records the
-version at admission. An update closes the gate, waits until no admitted request is running (or,
-after `update_drain_timeout_s`, aborts the stragglers, which are then re-run after the update and
-labelled with the new version), loads, bumps the version and reopens the gate. So no request
-ever runs while the weights change, and every result carries the version that produced it. A
-failed load leaves the weights undefined: the replica then reports unhealthy and refuses work
-until a later update succeeds, rather than serve under a wrong label.
+Versions: every token is labelled with the weights that produced it (vLLM's per-completion
+weight-version spans; how updates keep them exact in either `sampler.update_mode` is in
+`updates.py`). The grouped route reports the spans and, per group, the oldest version (what the
+trainer's staleness bound applies to); the OpenAI routes report the version a response finished
+on. The admission gate (`_enter`/`_exit`) lets a `drain` update wait for, or abort and re-run,
+the requests in flight.
 """
 
 from __future__ import annotations
@@ -21,44 +20,31 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sampler.config import SamplerConfig
+from sampler.errors import Preempted, RequestError, client_errors, engine_gone
 from sampler.metrics import SamplerMetrics
 from sampler.protocol import (
-    GlooUpdateRequest,
     Group,
     GroupedCompletion,
     GroupedRequest,
     GroupedResponse,
     LogprobsRequest,
     LogprobsResponse,
-    PathUpdateRequest,
     SamplingFields,
-    UpdateResponse,
 )
-from sampler.weights.rpc import raise_rpc_errors
+from sampler.streams import LatestOutputs, aiter_queue
+from sampler.updates import WeightUpdates, token_versions
+
+__all__ = ["RequestError", "SamplerService", "aiter_queue", "newest_version"]
 
 log = logging.getLogger(__name__)
 MAX_RERUNS = 3
 
 
-class RequestError(Exception):
-    """A client error: `status` (4xx/503) and a message that names the field and the fix."""
-
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-
-
-class _Preempted(Exception):
-    """A request aborted by a weight update's drain timeout; it is re-run on the new weights."""
-
-
-class SamplerService:
+class SamplerService(WeightUpdates):
     def __init__(
         self,
         engine: Any,
@@ -97,6 +83,9 @@ class SamplerService:
         self._public_inflight = 0
         self._public_ids: set[str] = set()
         self._update_lock = asyncio.Lock()
+        self.initial_version = initial_version
+        # Prefix-cache namespace of new requests (inflight updates bump it; see updates.py).
+        self.kv_namespace = 0
 
     # ------------------------------------------------------------------ health / metrics
     def _queue_depth(self) -> float:
@@ -256,7 +245,9 @@ class SamplerService:
             self._public_ids.add(rid)
         final = None
         try:
-            prompt = {"prompt_token_ids": prompt_ids}
+            prompt: dict[str, Any] = {"prompt_token_ids": prompt_ids}
+            if self.cfg.update_mode == "inflight":
+                prompt["cache_salt"] = f"weights-{self.kv_namespace}"
             async for out in self.engine.generate(prompt, params, rid, priority=int(public)):
                 final = out
                 if on_output is not None:
@@ -274,7 +265,7 @@ class SamplerService:
         preempted = rid in self._preempted
         self._preempted.discard(rid)
         if preempted or final is None or any(c.finish_reason == "abort" for c in final.outputs):
-            raise _Preempted(rid)
+            raise Preempted(rid)
         return final
 
     async def run_admitted(self, work: Callable[[], Awaitable[Any]]) -> tuple[Any, int]:
@@ -283,7 +274,7 @@ class SamplerService:
             version = await self._enter()
             try:
                 return await work(), version
-            except _Preempted:
+            except Preempted:
                 self.metrics.reruns.inc()
                 log.info("request preempted by a weight update; re-running on the new weights")
             finally:
@@ -304,7 +295,7 @@ class SamplerService:
         async def work() -> list[Any]:
             return await asyncio.gather(*(self._run(p, params) for p in req.prompts))
 
-        outs, version = await self.run_admitted(work)
+        outs, admitted = await self.run_admitted(work)
         groups = []
         n_tokens = 0
         for prompt, out in zip(req.prompts, outs, strict=True):
@@ -318,13 +309,15 @@ class SamplerService:
                         logprobs=sampled_logprobs(ids, c.logprobs),
                         finish_reason=c.finish_reason or "length",
                         text=c.text,
+                        versions=token_versions(c, self.initial_version),
                     )
                 )
-            groups.append(Group(prompt_token_ids=prompt, completions=comps, policy_version=version))
+            oldest = min((c.versions[0].version for c in comps if c.versions), default=admitted)
+            groups.append(Group(prompt_token_ids=prompt, completions=comps, policy_version=oldest))
         self.metrics.observe_request(
             "generate", time.perf_counter() - t0, sum(map(len, req.prompts)), n_tokens
         )
-        return GroupedResponse(groups=groups, policy_version=version)
+        return GroupedResponse(groups=groups, policy_version=min(g.policy_version for g in groups))
 
     # ------------------------------------------------------------------ scoring route
     async def score(self, req: LogprobsRequest) -> LogprobsResponse:
@@ -340,7 +333,10 @@ class SamplerService:
         async def work() -> Any:
             return await self._run(req.token_ids, params)
 
-        out, version = await self.run_admitted(work)
+        out, admitted = await self.run_admitted(work)
+        # Prompt logprobs come from the step that made the one output token: its version.
+        spans = token_versions(out.outputs[0], self.initial_version)
+        version = spans[0].version if spans else admitted
         if out.prompt_logprobs is None:
             raise RuntimeError("engine returned no prompt logprobs although they were requested")
         # position 0 has no context (None); position i holds {token_ids[i]: Logprob, ...}
@@ -360,16 +356,18 @@ class SamplerService:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     async def generate_many(self, prompts: list[list[int]], params: Any) -> tuple[list[Any], int]:
-        """Non-streamed generation of several prompts; returns (outputs, version)."""
+        """Non-streamed generation of several prompts; returns (outputs, the version they
+        finished on)."""
 
         async def work() -> list[Any]:
             return await asyncio.gather(*(self._run(p, params, public=True) for p in prompts))
 
         self._enter_public()
         try:
-            return await self.run_admitted(work)
+            outs, admitted = await self.run_admitted(work)
         finally:
             self._exit_public()
+        return outs, newest_version(outs, self.initial_version, admitted)
 
     async def start_stream(
         self, prompts: list[list[int]], params: Any
@@ -400,7 +398,7 @@ class SamplerService:
 
                 await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
                 queue.put_nowait(None)
-            except _Preempted:
+            except Preempted:
                 queue.put_nowait(RequestError(503, "stream aborted by a weight update; retry"))
             except Exception as e:  # surfaced to the client as an error event, and logged
                 log.exception("stream failed")
@@ -413,143 +411,21 @@ class SamplerService:
         version = await admitted
         return version, queue, task
 
-    # ------------------------------------------------------------------ weight updates
-    async def update_gloo(self, req: GlooUpdateRequest) -> UpdateResponse:
-        timeout = req.timeout_s or self.cfg.weight_update_timeout_s
-        kwargs = {
-            "backend": req.backend,
-            "host": req.master_addr,
-            "port": req.master_port,
-            "timeout_s": timeout,
-            "connect_timeout_s": req.connect_timeout_s or timeout,
-            "max_buffers": self.cfg.weight_sync_buffers,
-            "session": req.session,
-            "new_group": req.new_group,
-        }
-        return await self._update(
-            req.backend,
-            req.version,
-            req.reset_version,
-            lambda: self.engine.collective_rpc("sampler_receive_weights", kwargs=kwargs),
-        )
-
-    async def update_path(self, req: PathUpdateRequest) -> UpdateResponse:
-        import os
-
-        if not os.path.isdir(req.path):
-            raise RequestError(400, f"path {req.path!r} is not a folder on this replica", "path")
-        if not any(f.endswith(".safetensors") for f in os.listdir(req.path)):
-            raise RequestError(400, f"path {req.path!r} holds no .safetensors files", "path")
-        return await self._update(
-            "filesystem",
-            req.version,
-            req.reset_version,
-            lambda: self.engine.collective_rpc("sampler_load_path", kwargs={"path": req.path}),
-        )
-
-    async def _update(
-        self,
-        transport: str,
-        version: int | None,
-        reset: bool,
-        load: Callable[[], Awaitable[list[dict]]],
-    ) -> UpdateResponse:
-        async with self._update_lock:
-            new_version = self.version + 1 if version is None else version
-            if new_version <= self.version and not self.broken and not reset:
-                raise RequestError(
-                    409,
-                    f"version {new_version} is not newer than the served version {self.version}",
-                    "version",
-                )
-            t0 = time.perf_counter()
-            self.updating = True
-            self._open.clear()
-            paused = False
-            try:
-                # With the gate closed and drained, the engine holds no request of ours; only
-                # after aborting stragglers do we also pause the scheduler (vLLM's pause costs
-                # ~25 ms, which matters for frequent small updates).
-                paused = await self._drain()
-                if paused:
-                    await self.engine.pause_generation(mode="wait", clear_cache=True)
-                try:
-                    results = raise_rpc_errors(await load())
-                except Exception as e:
-                    self.broken = f"weight update to version {new_version} failed ({e})"
-                    self.metrics.updates.labels(transport, "error").inc()
-                    log.exception("weight update failed")
-                    raise RequestError(500, self.broken) from e
-                # Cached prefixes hold KV computed with the old weights.
-                await self.engine.reset_prefix_cache()
-                self.version = new_version
-                self.broken = None
-                self.metrics.policy_version.set(new_version)
-            finally:
-                if paused:
-                    await self.engine.resume_generation()
-                self.updating = False
-                self._open.set()
-            seconds = time.perf_counter() - t0
-            self.metrics.update_seconds.labels(transport).observe(seconds)
-            self.metrics.updates.labels(transport, "ok").inc()
-            stats = {k: float(v) for k, v in (results[0] or {}).items()} if results else {}
-            return UpdateResponse(policy_version=new_version, seconds=seconds, stats=stats)
-
-    async def _drain(self) -> bool:
-        """Wait for admitted requests; abort those left after the drain timeout (re-run later).
-        Public requests get only `public_drain_timeout_s`. Returns whether requests were aborted."""
-        public = await self._drain_public()
-        try:
-            await asyncio.wait_for(self._drained.wait(), self.cfg.update_drain_timeout_s)
-            return public
-        except asyncio.TimeoutError:
-            ids = list(self._engine_ids)
-            log.warning(
-                "weight update: aborting %d requests still running after %.0fs",
-                len(ids),
-                self.cfg.update_drain_timeout_s,
-            )
-            await self._preempt(ids)
-        try:
-            await asyncio.wait_for(self._drained.wait(), self.cfg.update_drain_timeout_s)
-        except asyncio.TimeoutError as e:
-            raise RequestError(
-                503, "in-flight requests did not stop; weights unchanged, retry"
-            ) from e
-
-    async def _drain_public(self) -> bool:
-        """Give public engine requests a short grace, then abort them (they re-run on the new
-        weights, or a stream ends with 503): a person's long request must not hold the
-        trainer's update. Returns whether any were aborted."""
-        deadline = time.monotonic() + self.cfg.public_drain_timeout_s
-        while self._public_ids and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)  # engine requests finishing; bounded by the grace period
-        ids = list(self._public_ids)
-        if not ids:
-            return False
-        log.info("weight update: aborting %d public requests (re-run on the new weights)", len(ids))
-        await self._preempt(ids)
-        return True
-
     async def _preempt(self, ids: list[str]) -> None:
         """Abort engine requests for a weight update; `_run` sees them as preempted (re-run)."""
         self._preempted.update(ids)
         await self.engine.abort(ids)
 
 
-def client_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions by which vLLM rejects a request's input (they map to 400, not 500)."""
-    from vllm.exceptions import VLLMClientError
-
-    return (ValueError, TypeError, VLLMClientError)
-
-
-def engine_gone() -> tuple[type[BaseException], ...]:
-    """Exceptions by which vLLM says its engine core is gone (they map to 503, not 500)."""
-    from vllm.v1.engine.exceptions import EngineDeadError
-
-    return (EngineDeadError,)
+def newest_version(outputs: list[Any], initial_version: int, default: int) -> int:
+    """The version of the newest token in vLLM RequestOutputs (what a response finished on)."""
+    versions = [
+        spans[-1].version
+        for out in outputs
+        for c in out.outputs
+        if (spans := token_versions(c, initial_version))
+    ]
+    return max(versions, default=default)
 
 
 def sampled_logprobs(token_ids: list[int], logprobs: Any) -> list[float]:
@@ -558,50 +434,3 @@ def sampled_logprobs(token_ids: list[int], logprobs: Any) -> list[float]:
     if logprobs is None:
         raise RuntimeError("engine returned no logprobs although logprobs=0 was requested")
     return [float(pos[tok].logprob) for tok, pos in zip(token_ids, logprobs, strict=True)]
-
-
-_NOTHING = object()
-
-
-class LatestOutputs:
-    """A stream's mailbox between the engine and the HTTP writer, bounded by the number of
-    prompts: vLLM's outputs are cumulative (each one the whole text so far), so only the newest
-    per prompt is kept. A reader slower than the engine gets fewer, larger deltas instead of a
-    queue of snapshots that grows with the square of the completion length.
-    Same calls as the asyncio.Queue it replaces: `put_nowait((index, output))`, then
-    `put_nowait(None)` (done) or `put_nowait(exception)`; `await get()`."""
-
-    def __init__(self) -> None:
-        self._latest: dict[int, tuple[int, Any]] = {}
-        self._end: Any = _NOTHING
-        self._ready = asyncio.Event()
-
-    def put_nowait(self, item: tuple[int, Any] | BaseException | None) -> None:
-        if isinstance(item, tuple):
-            self._latest[item[0]] = item
-        else:
-            self._end = item
-        self._ready.set()
-
-    def qsize(self) -> int:
-        return len(self._latest) + (self._end is not _NOTHING)
-
-    async def get(self) -> tuple[int, Any] | BaseException | None:
-        while True:
-            if self._latest:
-                return self._latest.pop(next(iter(self._latest)))
-            if self._end is not _NOTHING:
-                return self._end
-            self._ready.clear()
-            await self._ready.wait()
-
-
-async def aiter_queue(queue: LatestOutputs) -> AsyncIterator[tuple[int, Any]]:
-    """Items of a producer queue until its None sentinel; re-raises a queued exception."""
-    while True:
-        item = await queue.get()
-        if item is None:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item

@@ -300,7 +300,8 @@ class Orchestrator:
                     completion_token_ids=list(c.token_ids),
                     sampler_logprobs=list(c.logprobs),
                     finish_reason=c.finish_reason,
-                    policy_version=res.policy_version,
+                    policy_version=c.versions[0][0] if c.versions else res.policy_version,
+                    versions=list(c.versions),
                     # NaN (no reward function could score it): left out of training (_assemble)
                     reward=float(total),
                     rewards_per_func={k: v[i] for k, v in batch.per_func.items()},
@@ -336,6 +337,9 @@ class Orchestrator:
         versions = [g.policy_version for g in groups]
         metrics["policy/staleness_max"] = float(step - min(versions))
         metrics["policy/staleness_mean"] = float(step - sum(versions) / len(versions))
+        # completions that in-flight weight updates split between versions
+        mixed = sum(len(s.versions) > 1 for s in samples)
+        metrics["policy/mixed_version_fraction"] = mixed / len(samples)
         metrics["timing/generate_s"] = max(g.generate_s for g in groups)
         metrics["timing/reward_s"] = max(g.reward_s for g in groups)
         metrics["sampler/tokens_per_s"] = sum(lengths) / max(

@@ -1,11 +1,16 @@
-"""The sampler's admission gate (sampler/serving.py) with a fake engine: the rule that makes
-version labels exact. Every token the fake engine produces records the weights it was produced
-with, so the tests check the rule itself, whatever the interleaving:
+"""The sampler's weight updates (sampler/serving.py, sampler/updates.py) with a fake engine: the
+rules that make version labels exact, in both update modes. Every token the fake engine produces
+is the id of the weights it was produced with, and the fake labels tokens as vLLM does (with the
+engine's weight-version label at the step that made them), so the tests check the rules
+themselves, whatever the interleaving:
   * no token is produced while weights are being loaded;
-  * every grouped response is labelled with the version whose weights produced all its tokens;
-  * a request the drain timeout aborts is re-run on the new weights and labelled with them;
+  * every token is reported with the version whose weights produced it, and each group with the
+    oldest version of its tokens;
+  * drain: one version per completion; a request the drain timeout aborts is re-run on the new
+    weights and labelled with them;
+  * inflight: requests are frozen, not aborted, and continue on the new weights;
   * no request is lost: each one gets its answer.
-The real engine: tests/integration/test_sampler_*.py."""
+The real engine: tests/integration/test_sampler_*.py, test_inflight_updates.py."""
 
 from __future__ import annotations
 
@@ -28,6 +33,12 @@ class FakeEngine:
 
     def __init__(self, seed: int = 0, hold: set[int] | None = None) -> None:
         self.weights = 0  # which weights are loaded
+        self.label = "default"  # vLLM's weight-version label, stamped on every token
+        self.running = asyncio.Event()  # cleared while paused with mode="keep"
+        self.running.set()
+        self.pauses: list[str] = []
+        self.tokens_made = 0
+        self.tokens_at_pause: list[int] = []
         self.loading = False
         self.violations: list[str] = []
         self.rng = random.Random(seed)
@@ -44,22 +55,28 @@ class FakeEngine:
         return None
 
     async def generate(self, prompt, params, rid, priority=0):
-        ids, lps = [], []
+        ids, lps, labels = [], [], []
         held = prompt["prompt_token_ids"][0] in self.hold
         self.hold.discard(prompt["prompt_token_ids"][0])
         for _ in range(params.max_tokens):
             if held:  # a long generation: runs until an update aborts it
                 await self._abort_event(rid).wait()
             if rid in self._aborted:
-                yield _output(ids, lps, "abort")
+                yield _output(ids, lps, labels, "abort")
                 return
             for _ in range(self.rng.randint(0, 3)):  # other requests and updates interleave
                 await asyncio.sleep(0)
+            while not self.running.is_set():  # a frozen request makes no step (woken, it
+                await self.running.wait()  # re-checks: a later pause may have come first)
+            if rid in self._aborted:
+                continue
             if self.loading:
                 self.violations.append(f"request {rid} produced a token during a weight load")
             ids.append(self.weights)
             lps.append({self.weights: SimpleNamespace(logprob=-1.0)})
-        yield _output(ids, lps, "length")
+            labels.append(self.label)
+            self.tokens_made += 1
+        yield _output(ids, lps, labels, "length")
 
     def _abort_event(self, rid: str) -> asyncio.Event:
         return self._abort_events.setdefault(rid, asyncio.Event())
@@ -70,10 +87,16 @@ class FakeEngine:
             self._abort_event(rid).set()
 
     async def pause_generation(self, mode="abort", clear_cache=True):
-        return None
+        self.pauses.append(mode)
+        self.tokens_at_pause.append(self.tokens_made)
+        if mode == "keep":
+            self.running.clear()
 
     async def resume_generation(self):
-        return None
+        self.running.set()
+
+    async def update_weight_version(self, version: str) -> None:
+        self.label = version
 
     async def reset_prefix_cache(self):
         return True
@@ -94,14 +117,21 @@ class FakeEngine:
         return [{}]
 
 
-def _output(ids, lps, finish):
+def _output(ids, lps, labels, finish):
+    """A finished RequestOutput; spans of equal labels as vLLM's `weight_versions`."""
+    spans = []
+    for i, label in enumerate(labels):
+        if not spans or spans[-1].version != label:
+            spans.append(SimpleNamespace(version=label, start=i, end=i + 1))
+        spans[-1].end = i + 1
     comp = SimpleNamespace(index=0, token_ids=list(ids), logprobs=list(lps), finish_reason=finish)
     comp.text = ""
+    comp.weight_versions = spans
     return SimpleNamespace(outputs=[comp], prompt_logprobs=None)
 
 
-def _service(engine: FakeEngine, drain_s: float = 60) -> SamplerService:
-    cfg = SamplerConfig(update_drain_timeout_s=drain_s)
+def _service(engine: FakeEngine, drain_s: float = 60, mode: str = "drain") -> SamplerService:
+    cfg = SamplerConfig(update_drain_timeout_s=drain_s, update_mode=mode)
     return SamplerService(engine, cfg, "fake")
 
 
@@ -113,24 +143,35 @@ def _update() -> GlooUpdateRequest:
     return GlooUpdateRequest(master_addr="127.0.0.1", master_port=1, session=SESSION)
 
 
-def _check_labels(responses) -> None:
+def _check_labels(responses, *, single_version: bool = True) -> None:
+    """Each token's reported version is the weights that made it (the token's value); a group's
+    version is the oldest of its tokens; with `single_version`, one version per completion."""
     for r in responses:
         for g in r.groups:
             for c in g.completions:
-                assert set(c.token_ids) == {g.policy_version}, (
-                    f"labelled version {g.policy_version} but produced by weights "
-                    f"{sorted(set(c.token_ids))}"
+                ends = [s.start for s in c.versions[1:]] + [len(c.token_ids)]
+                reported = [
+                    s.version
+                    for s, e in zip(c.versions, ends, strict=True)
+                    for _ in range(s.start, e)
+                ]
+                assert reported == c.token_ids, (
+                    f"tokens made by weights {c.token_ids} reported as {reported}"
                 )
+                if single_version:
+                    assert len(c.versions) == 1, f"one completion spans {c.versions}"
+            assert g.policy_version == min(c.versions[0].version for c in g.completions)
 
 
 @pytest.mark.timeout(60)  # a broken gate can leave the held request waiting forever
+@pytest.mark.parametrize("mode", ["drain", "inflight"])
 @pytest.mark.parametrize("seed", range(8))
-def test_labels_are_exact_and_no_token_is_made_during_a_load(seed):
+def test_labels_are_exact_and_no_token_is_made_during_a_load(seed, mode):
     engine = FakeEngine(seed)
     rng = random.Random(seed)
 
     async def go():
-        svc = _service(engine)
+        svc = _service(engine, mode=mode)
         jobs = [svc.generate_grouped(_request(k)) for k in range(12)]
         jobs += [svc.update_gloo(_update()) for _ in range(3)]
         rng.shuffle(jobs)
@@ -146,8 +187,10 @@ def test_labels_are_exact_and_no_token_is_made_during_a_load(seed):
     assert len(responses) == 12  # none lost
     assert engine.violations == []
     assert engine.loads == 3
-    _check_labels(responses)
+    _check_labels(responses, single_version=mode == "drain")
     assert sorted(r.policy_version for r in results if not hasattr(r, "groups")) == [1, 2, 3]
+    if mode == "inflight":  # requests were frozen, never aborted or re-run
+        assert engine.pauses == ["keep"] * 3 and not engine._aborted
 
 
 @pytest.mark.timeout(60)
@@ -187,3 +230,55 @@ def test_a_dead_engine_is_a_503_naming_the_cause_not_an_internal_error():
     with pytest.raises(RequestError) as e:
         asyncio.run(go())
     assert e.value.status == 503 and "engine" in e.value.message
+
+
+@pytest.mark.timeout(60)
+def test_inflight_a_long_request_continues_across_updates_and_reports_each_span():
+    """Three updates while one long request runs: it is not aborted or re-run, and its spans
+    start exactly at the token counts the engine had made when each update froze it."""
+    engine = FakeEngine(seed=3)
+
+    async def go():
+        svc = _service(engine, mode="inflight")
+        long = asyncio.ensure_future(svc.generate_grouped(_request(5, max_tokens=40)))
+        for after in (3, 10, 20):
+            while engine.tokens_made < after:
+                await asyncio.sleep(0)
+            await svc.update_gloo(_update())
+        return svc, await long
+
+    svc, long = asyncio.run(go())
+    [c] = long.groups[0].completions
+    t1, t2, t3 = engine.tokens_at_pause
+    assert [(s.version, s.start) for s in c.versions] == [(0, 0), (1, t1), (2, t2), (3, t3)]
+    assert long.groups[0].policy_version == 0 and len(c.token_ids) == 40
+    _check_labels([long], single_version=False)
+    assert svc.metrics.reruns._value.get() == 0 and not engine._aborted
+    assert engine.violations == []
+
+
+@pytest.mark.timeout(60)
+def test_inflight_a_failed_load_aborts_frozen_requests_and_the_replica_refuses_work():
+    from sampler.serving import RequestError
+
+    class FailingLoad(FakeEngine):
+        async def collective_rpc(self, method, kwargs=None):
+            raise RuntimeError("receiver lost its peer")
+
+    engine = FailingLoad(hold={9})
+
+    async def go():
+        svc = _service(engine, mode="inflight")
+        long = asyncio.ensure_future(svc.generate_grouped(_request(9)))
+        while not svc._engine_ids:
+            await asyncio.sleep(0)
+        with pytest.raises(RequestError) as update:
+            await svc.update_gloo(_update())
+        with pytest.raises(RequestError) as request:
+            await long
+        return update.value, request.value
+
+    update, request = asyncio.run(go())
+    assert update.status == 500 and "receiver lost its peer" in update.message
+    assert request.status == 503 and "unhealthy" in request.message
+    assert engine._aborted and engine.violations == []

@@ -132,3 +132,24 @@ def test_bad_arguments_name_the_setting(kwargs, match):
     logps, mask, adv = _inputs()
     with pytest.raises(ValueError, match=match):
         grpo_loss(logps, adv, mask, **kwargs)
+
+
+def test_is_correction_of_a_completion_that_spans_two_versions():
+    """An in-flight update split a completion: tokens 0-2 were sampled by weights v (logprobs
+    `p_old`), tokens 3-5 by v+1 (`p_new`). The trainer scores it with v+1 (`p_new`). The
+    correction must use each token's own sampling logprob: the new span is on-policy (ratio 1),
+    the old span is corrected token by token, and the sequence ratio is the old span's product."""
+    p_old = torch.tensor([-1.2, -0.4, -2.0])
+    p_new = torch.tensor([-0.9, -0.7, -1.5, -0.3, -1.1, -0.6])
+    sampler = torch.cat([p_old, p_new[3:]]).unsqueeze(0)  # what the sampler reported, per token
+    trainer = p_new.unsqueeze(0)
+    mask = torch.ones(1, 6)
+    tok = importance_sampling_ratio(
+        trainer, sampler, mask, "token_truncate", clip_min=None, clip_max=10.0
+    )
+    expected_old = torch.exp(p_new[:3] - p_old)
+    torch.testing.assert_close(tok.ratio[0], torch.cat([expected_old, torch.ones(3)]))
+    seq = importance_sampling_ratio(trainer, sampler, mask, "sequence_truncate", clip_max=10.0)
+    assert seq.ratio[0, 0].item() == pytest.approx(expected_old.prod().item(), rel=1e-6)
+    # Labelling the whole completion with either version's logprobs would be wrong:
+    assert not torch.allclose(tok.ratio[0], torch.ones(6))

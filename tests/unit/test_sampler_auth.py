@@ -14,7 +14,7 @@ import pytest
 
 from sampler.api import build_app
 from sampler.metrics import SamplerMetrics
-from sampler.protocol import Group, GroupedCompletion, GroupedResponse
+from sampler.protocol import Group, GroupedCompletion, GroupedResponse, VersionSpan
 
 API, TRAINER, ADMIN = "public-key", "trainer-key", "admin-key"
 
@@ -34,7 +34,13 @@ class _StubService:
 
     async def generate_grouped(self, req):  # noqa: ANN001
         self.generated += 1
-        comp = GroupedCompletion(token_ids=[1], logprobs=[-0.5], finish_reason="length", text="x")
+        comp = GroupedCompletion(
+            token_ids=[1],
+            logprobs=[-0.5],
+            finish_reason="length",
+            text="x",
+            versions=[VersionSpan(version=7, start=0)],
+        )
         group = Group(prompt_token_ids=req.prompts[0], completions=[comp], policy_version=7)
         return GroupedResponse(groups=[group], policy_version=7)
 
