@@ -19,7 +19,14 @@ import random
 
 import httpx
 import pytest
-from test_sampler_server import ADMIN_KEY, API_KEY, _hf_state, hf_reference, models  # noqa: F401
+from test_sampler_server import (  # noqa: F401  (fixtures)
+    ADMIN_KEY,
+    API_KEY,
+    _hf_state,
+    hf_reference,
+    models,
+    start_test_sampler,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -33,19 +40,11 @@ WATCH = random.Random(9).choices(range(3, 500), k=30)
 
 @pytest.fixture(scope="module")
 def inflight_server(models, tmp_path_factory):  # noqa: F811
-    from sampler.launch import start_sampler
-
-    logs = tmp_path_factory.mktemp("logs-inflight")
-    cfg = logs / "run.yaml"
-    cfg.write_text(
-        "sampler:\n  dtype: float32\n  update_mode: inflight\n  cpu_weight_layout: plain\n"
-    )
-    sp = start_sampler(
+    sp = start_test_sampler(
         models[0],
-        log_dir=logs,
-        api_key=API_KEY,
-        admin_key=ADMIN_KEY,
-        extra_args=["--config", str(cfg)],
+        tmp_path_factory,
+        "inflight",
+        "  update_mode: inflight\n  cpu_weight_layout: plain\n",
     )
     yield sp
     sp.stop()

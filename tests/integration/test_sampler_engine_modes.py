@@ -26,6 +26,7 @@ from test_sampler_server import (  # noqa: F401  (fixtures)
     _serves,
     hf_reference,
     models,
+    start_test_sampler,
 )
 
 pytestmark = pytest.mark.slow
@@ -36,21 +37,15 @@ SHAPES = [("mp-tp1", 1, "packed"), ("mp-tp2", 2, "packed"), ("mp-tp2-plain", 2, 
 
 @pytest.fixture(scope="module", params=SHAPES, ids=[s[0] for s in SHAPES])
 def shaped_server(request, models, tmp_path_factory):  # noqa: F811
-    from sampler.launch import child_env, start_sampler
+    from sampler.launch import child_env
 
     name, tp, layout = request.param
-    logs = tmp_path_factory.mktemp(f"logs-{name}")
-    cfg = logs / "run.yaml"
-    cfg.write_text(
-        f"sampler:\n  dtype: float32\n  tensor_parallel_size: {tp}\n"
-        f"  cpu_weight_layout: {layout}\n  kv_cache_memory_bytes: 33554432\n"
-    )
-    sp = start_sampler(
+    sp = start_test_sampler(
         models[0],
-        log_dir=logs,
-        api_key=API_KEY,
-        admin_key=ADMIN_KEY,
-        extra_args=["--config", str(cfg)],
+        tmp_path_factory,
+        name,
+        f"  tensor_parallel_size: {tp}\n  cpu_weight_layout: {layout}\n"
+        "  kv_cache_memory_bytes: 33554432\n",
         env=child_env({"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}),
         timeout_s=600,
     )

@@ -27,22 +27,31 @@ def models(tmp_path_factory):
     return build_tiny_model(root / "A", seed=0), build_tiny_model(root / "B", seed=1)
 
 
-def _start(models, tmp_path_factory, layout: str):
+def start_test_sampler(model, tmp_path_factory, name: str, sampler_yaml: str, **kw):
+    """A replica of `model` with the test keys and a run YAML whose `sampler:` section is
+    `sampler_yaml` (indented lines; this also exercises --config)."""
     from sampler.launch import start_sampler
 
-    logs = tmp_path_factory.mktemp("logs")
-    cfg = logs / "run.yaml"  # also exercises --config: a run YAML's `sampler:` section
-    cfg.write_text(
-        "sampler:\n  dtype: float32\n  limits:\n    max_body_bytes: 1048576\n"
-        "    max_public_inflight: 2\n  public_drain_timeout_s: 0.2\n"
-        f"  cpu_weight_layout: {layout}\n"
-    )
+    logs = tmp_path_factory.mktemp(f"logs-{name}")
+    cfg = logs / "run.yaml"
+    cfg.write_text("sampler:\n  dtype: float32\n" + sampler_yaml)
     return start_sampler(
-        models[0],
+        model,
         log_dir=logs,
         api_key=API_KEY,
         admin_key=ADMIN_KEY,
         extra_args=["--config", str(cfg)],
+        **kw,
+    )
+
+
+def _start(models, tmp_path_factory, layout: str):
+    limits = "  limits:\n    max_body_bytes: 1048576\n    max_public_inflight: 2\n"
+    return start_test_sampler(
+        models[0],
+        tmp_path_factory,
+        layout,
+        f"{limits}  public_drain_timeout_s: 0.2\n  cpu_weight_layout: {layout}\n",
     )
 
 
