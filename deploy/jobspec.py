@@ -248,13 +248,24 @@ def check_receive_memory(opts: JobOptions, cfg: Any) -> None:
 
 
 def driver_overrides(opts: JobOptions, *, has_model: bool, has_data: bool) -> list[str]:
-    """The driver's `--set` items in the job: the inputs' bindings, then the user's overrides."""
-    sets = []
+    """The driver's `--set` items in the job: the inputs' bindings, then the user's overrides.
+    A user's override of a bound key is refused: it would silently replace the job input (the
+    nodes would look for a path of the submitting machine)."""
+    bound = {}
     if has_model:
-        sets.append("model.name_or_path=${{inputs.model}}")
+        bound["model.name_or_path"] = ("${{inputs.model}}", "--model")
     if has_data:
-        sets += ["data.source=jsonl", "data.path=${{inputs.data}}"]
-    return sets + list(opts.overrides)
+        bound["data.source"] = ("jsonl", "--data")
+        bound["data.path"] = ("${{inputs.data}}", "--data")
+    for item in opts.overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in bound:
+            flag = bound[key][1]
+            raise JobSpecError(
+                f"--set {key}: set by {flag} (a job input the nodes mount); change {flag} "
+                f"instead, or drop {flag} to take {key} from the YAML or --set"
+            )
+    return [f"{k}={v}" for k, (v, _) in bound.items()] + list(opts.overrides)
 
 
 def launcher_command(opts: JobOptions, *, has_model: bool, has_data: bool) -> str:

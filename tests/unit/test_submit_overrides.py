@@ -53,3 +53,18 @@ def test_a_valid_set_override_reaches_the_job_command(argv, capsys):
     assert submit.main([*argv, "--set", "trainer.learning_rate=2e-6"]) == 0
     job = yaml.safe_load(capsys.readouterr().out)
     assert "--set trainer.learning_rate=2e-6" in job["command"]
+
+
+@pytest.mark.parametrize("override,flag", [
+    ("model.name_or_path=/home/me/qwen", "--model"),
+    ("data.path=./medmcqa", "--data"),
+    ("data.source=hub", "--data"),
+])  # fmt: skip
+def test_a_set_override_of_a_job_input_binding_is_refused(argv, capsys, override, flag):
+    """--model / --data bind job inputs to those keys; a --set of the same key would silently
+    replace the binding (the nodes would look for a path of the submitting machine)."""
+    assert submit.main([*argv, "--set", override]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    key = override.split("=")[0]
+    assert f"--set {key}" in out.err and flag in out.err, out.err
