@@ -23,92 +23,18 @@ import logging
 import math
 import threading
 from collections import Counter, deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from rewards.batch import RewardBatch, build_batch
+from rewards.chunks import Chunk, merge_results, split_ranges
 from rewards.execution import FuncResult, check_batch, describe_item, run_rewards
+from rewards.local_ray import init_loopback_ray
 from rewards.registry import RewardFn, reward_inputs, reward_name
 from rewards.spec import RewardSpec
 from rewards.worker import RewardWorker
 
-# Ray turns a 127.0.0.1 node address into the machine's routable one unless cluster mode is off,
-# and with a routable node address its GCS, raylets, workers and agents listen on every
-# interface (unauthenticated when RAY_AUTH_MODE is disabled: anyone who reaches them runs code).
-# With cluster mode off (the env var's name is Ray's: Windows/macOS default) and the node at
-# 127.0.0.1, every Ray server listens on loopback only. Read by Ray at import: set before it.
-_RAY_SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-def init_loopback_ray(**kwargs: Any) -> None:
-    """Start a local one-machine Ray whose every server listens on 127.0.0.1 only.
-
-    The single-node switch is set only while Ray starts (its daemons inherit it) and restored
-    afterwards: a process that later launches a multi-node `ray start` (a test, a launcher)
-    must not inherit it."""
-    import os
-
-    import ray
-    from ray._private import ray_constants
-
-    before_env, before_const = (
-        os.environ.get(_RAY_SINGLE_NODE_ENV),
-        ray_constants.ENABLE_RAY_CLUSTER,
-    )
-    os.environ[_RAY_SINGLE_NODE_ENV] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import: set the live value too
-    try:
-        ray.init(_node_ip_address="127.0.0.1", **kwargs)
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = before_const
-        if before_env is None:
-            os.environ.pop(_RAY_SINGLE_NODE_ENV, None)
-        else:
-            os.environ[_RAY_SINGLE_NODE_ENV] = before_env
-
-
 log = logging.getLogger(__name__)
 _SPAWN_ATTEMPTS = 3
-
-
-@dataclass
-class _Chunk:
-    names: tuple[str, ...]
-    prompts: list
-    completions: list
-    columns: dict[str, list]
-    future: asyncio.Future
-    retries_left: int
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def n(self) -> int:
-        return len(self.completions)
-
-
-def _split(n: int, pieces: int) -> list[tuple[int, int]]:
-    """`pieces` contiguous near-equal [start, end) ranges covering range(n)."""
-    bounds = [round(i * n / pieces) for i in range(pieces + 1)]
-    return [(bounds[i], bounds[i + 1]) for i in range(pieces) if bounds[i] < bounds[i + 1]]
-
-
-def _merge(
-    names: tuple[str, ...], parts: list[dict[str, FuncResult]], sizes: list[int]
-) -> dict[str, FuncResult]:
-    out = {}
-    for name in names:
-        values: list[float | None] = []
-        failed: list[int] = []
-        error = None
-        offset = 0
-        for part, size in zip(parts, sizes, strict=True):
-            r = part[name]
-            values.extend(r.values)
-            failed.extend(offset + i for i in r.failed_idx)
-            error = error or r.error
-            offset += size
-        out[name] = FuncResult(values, failed, error)
-    return out
 
 
 class RayScorer:
@@ -215,7 +141,7 @@ class RayScorer:
 
     # ---- inside the pool's loop -------------------------------------------------------------
     async def _start(self) -> None:
-        self._pending: deque[_Chunk] = deque()
+        self._pending: deque[Chunk] = deque()
         self._cond = asyncio.Condition()
         self._closing = False
         self._tasks: list[asyncio.Task] = []
@@ -291,7 +217,7 @@ class RayScorer:
                 return
             await self._execute(slot, batch)
 
-    async def _take(self) -> list[_Chunk] | None:
+    async def _take(self) -> list[Chunk] | None:
         """Wait for work, then take queued pieces that fit in one call (same rewards and columns)."""
         cfg = self.config
         async with self._cond:
@@ -324,7 +250,7 @@ class RayScorer:
                 total += nxt.n
             return batch
 
-    async def _execute(self, slot: int, batch: list[_Chunk]) -> None:
+    async def _execute(self, slot: int, batch: list[Chunk]) -> None:
         import ray
 
         names = batch[0].names
@@ -392,13 +318,13 @@ class RayScorer:
         self._kill(actor)
         self._actors[slot] = None  # the dispatcher starts a new actor before its next call
 
-    def _on_failure(self, chunk: _Chunk, reason: str) -> None:
+    def _on_failure(self, chunk: Chunk, reason: str) -> None:
         """Requeue a failed piece (per reward, at the front) or give up on it with None."""
         if chunk.future.done():
             return
         if len(chunk.names) > 1:  # isolate: each reward alone, so the innocent ones still score
             subs = [
-                _Chunk(
+                Chunk(
                     (name,),
                     chunk.prompts,
                     chunk.completions,
@@ -429,7 +355,7 @@ class RayScorer:
             return
         self._give_up(chunk, reason)
 
-    def _give_up(self, chunk: _Chunk, reason: str) -> None:
+    def _give_up(self, chunk: Chunk, reason: str) -> None:
         """Resolve a piece with None for every item of each of its rewards (counted as failures)."""
         if chunk.future.done():
             return
@@ -482,9 +408,9 @@ class RayScorer:
         pieces = max(
             math.ceil(n / cfg.max_batch_size), min(cfg.num_workers, n // cfg.min_batch_size), 1
         )
-        ranges = _split(n, pieces)
+        ranges = split_ranges(n, pieces)
         chunks = [
-            _Chunk(
+            Chunk(
                 self._remote_names,
                 list(prompts[a:b]),
                 list(completions[a:b]),
@@ -506,4 +432,4 @@ class RayScorer:
             for c in chunks:
                 c.future.cancel()
             raise
-        return _merge(self._remote_names, list(parts), [b - a for a, b in ranges])
+        return merge_results(self._remote_names, list(parts), [b - a for a, b in ranges])

@@ -61,7 +61,7 @@ class Roles:
         if p.ray_address:
             ray.init(address=p.ray_address, runtime_env=env, log_to_driver=True)
         else:
-            from rewards.ray_pool import init_loopback_ray
+            from rewards.local_ray import init_loopback_ray
 
             init_loopback_ray(
                 num_cpus=p.ray_num_cpus or os.cpu_count(),

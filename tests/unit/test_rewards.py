@@ -341,7 +341,7 @@ def test_importing_rewards_does_not_import_ray() -> None:
 
 
 def test_split_covers_every_item_once() -> None:
-    from rewards.ray_pool import _split
+    from rewards.chunks import split_ranges as _split
 
     for n in (1, 7, 16, 255, 256, 1000):
         for pieces in (1, 2, 3, 8):
