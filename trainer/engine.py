@@ -28,6 +28,25 @@ from trainer.policy_init import load_policy, make_optimizer
 from trainer.rng_state import load_rng_state, save_rng_state
 
 _LORA_PREFIX = "base_model.model."
+# DeepSpeed's ops that training here never calls but DeepSpeed would JIT-compile anyway.
+_UNUSED_OPS = ("deepspeed_shm_comm",)
+
+
+def _skip_unused_ops() -> None:
+    """Keep DeepSpeed from compiling C++ that training never runs.
+
+    Its CPU comm backend builds the shared-memory all-reduce op (`deepspeed_shm_comm`) whenever it
+    starts, for its inference all-reduce (AutoTP) only: training's collectives go through
+    torch.distributed. The build took 30-55 s of a 2-core run's start-up, and it is redone whenever
+    the cached build was made from another environment (the cache is per user, keyed by the op's
+    name, while the build command names the venv's paths). Marked incompatible, the op is skipped
+    exactly as on a platform without it (DeepSpeed keeps that table as one dict for such edits).
+    """
+    import deepspeed.ops
+
+    table = deepspeed.ops.__compatible_ops__
+    for name in _UNUSED_OPS:
+        table[name] = False
 
 
 class PolicyEngine:
@@ -52,6 +71,7 @@ class PolicyEngine:
             )
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        _skip_unused_ops()
         deepspeed.init_distributed(dist_backend=dist.get_backend())
         self.settings = settings
         self.model_cfg = model_cfg
