@@ -67,6 +67,7 @@ class Run:
         self.orch: Orchestrator | None = None
         self.healer: ReplicaHealer | None = None
         self._pending_push: asyncio.Task | None = None
+        self._store_warm: asyncio.Future | None = None  # MLflow's store, prepared during start-up
         self.steps_done = 0  # steps trained (and logged) so far, this session included
         self.checkpoint_step: int | None = None  # the newest complete checkpoint's step
         self.finished = False  # the final model is saved (a later Ctrl-C is no interruption)
@@ -75,8 +76,17 @@ class Run:
     async def run_async(self) -> int:
         self.out.mkdir(parents=True, exist_ok=True)
         ckpt = checkpoints.resume_point(self.out, self.resume, self.world_size)
-        # The slow start-up phases run in a thread: the event loop stays free for Ctrl-C.
-        model_path, reward_fns = await asyncio.to_thread(self._prepare)
+        reward_fns = self._reward_fns()
+        # The slow start-up phases run in threads (the event loop stays free for Ctrl-C), side
+        # by side where one does not need the other: Ray starts while the model is prepared.
+        prepared = asyncio.ensure_future(asyncio.to_thread(self._prepare))
+        try:
+            with phase("start-up: Ray ready"):
+                self.roles.init_ray()
+        except BaseException:
+            prepared.cancel()
+            raise
+        model_path = await prepared
         await self._start_roles(model_path, reward_fns)
         start_step, version = await self._begin(ckpt)
         for step in range(start_step, self.steps):
@@ -97,43 +107,44 @@ class Run:
             )
         await asyncio.Event().wait()
 
-    def _prepare(self) -> tuple[str, list]:
-        """Everything that can fail on the user's input, before any role starts."""
+    def _reward_fns(self) -> list:
+        """The reward callables: plugins import here, before anything starts (the rest of the
+        config was validated at load)."""
+        try:
+            return self.cfg.reward_spec.resolve()
+        except ValueError as e:
+            raise ConfigError(f"trainer.reward_funcs: {e}") from None
+
+    def _prepare(self) -> str:
+        """The model folder and the prompts (what the roles start from); returns the model path."""
         from transformers import AutoTokenizer
 
         cfg = self.cfg
-        try:  # plugins import here, before anything starts (the rest was validated at load)
-            reward_fns = cfg.reward_spec.resolve()
-        except ValueError as e:
-            raise ConfigError(f"trainer.reward_funcs: {e}") from None
         with phase("start-up: model and prompts ready"):
             model_path = prepare_model(cfg, self.out)
             tokenizer = AutoTokenizer.from_pretrained(model_path)
             self.prompts = prepare_prompts(cfg, tokenizer, model_path)
         self.steps = total_steps(cfg, len(self.prompts.train))
         self.cursor = DataCursor(len(self.prompts.train), cfg.trainer.seed, cfg.data.shuffle)
-        return model_path, reward_fns
+        return model_path
 
     async def _start_roles(self, model_path: str, reward_fns: list) -> None:
+        """The reward pool, then the sampler replicas and the trainer ranks side by side (neither
+        needs the other until the weight pushers connect), MLflow's store warmed meanwhile."""
         from rewards.factory import build_scorer
+        from trainer.tracking import tracking_uri, warm_store
 
         cfg = self.cfg
-        with phase("start-up: Ray and the reward pool"):
-            self.roles.init_ray()
+        with phase("start-up: reward pool ready"):
             self.scorer = build_scorer(cfg.reward_spec, reward_fns)
         resolved = self.out / "resolved_config.yaml"  # what this run used, overrides included
         resolved.write_text(yaml.safe_dump(redacted(cfg), sort_keys=False))
-        dtype = cfg.sampler.dtype if cfg.sampler.dtype != "auto" else cfg.model.torch_dtype
-        with phase("start-up: sampler replicas live"):
-            urls = await asyncio.to_thread(
-                self.roles.start_samplers,
-                model_path,
-                "float32" if dtype == "auto" else dtype,
-                resolved,
-            )
-            await self._connect(urls)
-        with phase("start-up: trainer ranks ready"):
-            await asyncio.to_thread(self.roles.start_trainers, model_path, self.steps)
+        uri = tracking_uri(cfg.mlflow.tracking_uri, str(self.out))
+        self._store_warm = asyncio.ensure_future(asyncio.to_thread(warm_store, uri))
+        urls, _ = await asyncio.gather(
+            self._start_samplers(model_path, resolved), self._start_trainers(model_path)
+        )
+        with phase("start-up: weight pushers ready"):
             await self.roles.all(
                 "setup_pusher",
                 urls,
@@ -157,6 +168,23 @@ class Run:
             self._resync,
         )
         self.healer.start(urls)
+
+    async def _start_samplers(self, model_path: str, resolved: Path) -> list[str]:
+        cfg = self.cfg
+        dtype = cfg.sampler.dtype if cfg.sampler.dtype != "auto" else cfg.model.torch_dtype
+        with phase("start-up: sampler replicas live"):
+            urls = await asyncio.to_thread(
+                self.roles.start_samplers,
+                model_path,
+                "float32" if dtype == "auto" else dtype,
+                resolved,
+            )
+            await self._connect(urls)
+        return urls
+
+    async def _start_trainers(self, model_path: str) -> None:
+        with phase("start-up: trainer ranks ready"):
+            await asyncio.to_thread(self.roles.start_trainers, model_path, self.steps)
 
     async def _connect(self, urls: list[str]) -> None:
         """The rollout client, once every replica answers (a clear error naming the setting)."""
@@ -200,6 +228,7 @@ class Run:
             else:  # launched replicas loaded the trainer's checkpoint: prove it
                 await self.roles.all("check_weights", version)
         self.files.truncate(start_step)
+        await self._store_warm
         self.tracker = open_tracker(cfg.mlflow, self.out, t.run_name, run_id=run_id)
         if run_id is None:
             self.tracker.params(
@@ -392,6 +421,8 @@ class Run:
             await self.healer.aclose()
         if self._pending_push is not None:  # the worker's own shutdown waits for its thread
             self._pending_push.cancel()
+        if self._store_warm is not None:
+            self._store_warm.cancel()
         if self.orch is not None:
             await self.orch.aclose()
         await self.roles.stop()

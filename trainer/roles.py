@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import secrets
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ class Roles:
         self.key_file = out / "sampler_api_key"
         # Where each role runs ({"sampler_replicas": [...], "trainer_ranks": [...]}).
         self.placement: dict[str, list[dict[str, Any]]] = {}
+        # The replicas and the ranks start side by side (two threads), both recording placement.
+        self._placement_lock = threading.Lock()
         self.overlap_push = False  # decided in start_trainers (needs to know about GPUs)
         self.owns_ray = False
 
@@ -143,10 +146,10 @@ class Roles:
         urls = ray.get([r.start.remote(s.startup_timeout_s) for r in self.replicas])
         infos = ray.get([r.info.remote() for r in self.replicas])
         self.files.write_replicas(infos)
-        self.placement["sampler_replicas"] = [
-            {"index": i["index"], "node_ip": i["node_ip"], "url": i["url"]} for i in infos
-        ]
-        self.files.write_placement(self.placement)
+        self._place(
+            "sampler_replicas",
+            [{"index": i["index"], "node_ip": i["node_ip"], "url": i["url"]} for i in infos],
+        )
         for u in urls:
             log.info(
                 "sampler replica live at %s (OpenAI API: %s/v1; API key in %s)", u, u, self.key_file
@@ -193,8 +196,12 @@ class Roles:
         log.info("trainer group: %d ranks, rank 0 at %s:%d", p.num_trainer_workers, addr, port)
         secret = secrets.token_hex(16)  # the group's keys live under it (TrainerWorker.join)
         ray.get([w.join.remote(addr, port, secret) for w in self.workers])
-        self.placement["trainer_ranks"] = ray.get([w.where.remote() for w in self.workers])
-        self.files.write_placement(self.placement)
+        self._place("trainer_ranks", ray.get([w.where.remote() for w in self.workers]))
+
+    def _place(self, role: str, where: list[dict[str, Any]]) -> None:
+        with self._placement_lock:
+            self.placement[role] = where
+            self.files.write_placement(self.placement)
 
     def weight_transport(self) -> str:
         t = self.cfg.pipeline.weight_sync

@@ -31,13 +31,31 @@ def tracking_uri(configured: str | None, output_dir: str) -> str:
 _DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
+def _is_database(uri: str) -> bool:
+    return uri.split(":", 1)[0].split("+", 1)[0].lower() in _DATABASE_SCHEMES
+
+
 def artifact_root(uri: str, output_dir: str | Path) -> str | None:
     """Where a new experiment keeps its artifacts: under the run's output folder for a database
     store; None (the server's or the store's own choice) for Azure ML, HTTP or file stores."""
-    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
-    if scheme in _DATABASE_SCHEMES:
+    if _is_database(uri):
         return str(Path(output_dir).resolve() / "mlartifacts")
     return None
+
+
+def warm_store(uri: str) -> None:
+    """Import MLflow and, for a database store, create its tables: seconds of imports and schema
+    migrations on a new store, which the driver runs in a thread while the roles start, so that
+    `open_tracker` after them only starts the run. HTTP and Azure ML stores are not contacted here.
+    Never raises: a store that cannot open fails in `open_tracker`, with the run's context."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        import mlflow
+
+        if _is_database(uri):
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as e:  # only a head start: open_tracker meets (and reports) the same error
+        log.debug("MLflow store %s not warmed: %r", uri, e)
 
 
 def open_tracker(

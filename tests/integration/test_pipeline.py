@@ -457,7 +457,7 @@ def _marked(marker: str) -> list[str]:
 @pytest.mark.parametrize(
     "when,ready",
     [
-        ("start-up", lambda out, log: "start-up: Ray and the reward pool" in log),
+        ("start-up", lambda out, log: "start-up: Ray ready" in log),
         (
             "steps",
             lambda out, log: (
