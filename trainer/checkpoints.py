@@ -195,3 +195,21 @@ def resume_point(out: Path, resume: bool, world_size: int) -> Path | None:
             "restores its own optimizer shard and RNG state)"
         )
     return ckpt
+
+
+def resume_hint(checkpoint_step: int | None, steps_done: int, steps: int) -> str:
+    """What `--resume` would do after a run of `steps` steps stopped with `steps_done` trained
+    and its newest complete checkpoint at `checkpoint_step` (printed on Ctrl-C)."""
+    k, done = checkpoint_step, steps_done
+    if k is None:
+        return (
+            f"interrupted after {done} steps with no checkpoint yet: --resume has nothing to "
+            "continue from; run the same command again to start over"
+        )
+    if k == steps:  # every step checkpointed: stopped in (or just before) the final save
+        return (
+            f"all {k} steps are trained and checkpointed, the final model may be incomplete: "
+            "--resume saves the final model (no step is trained again)"
+        )
+    redo = f" (steps {k + 1}-{done} are trained again)" if done > k else ""
+    return f"the last checkpoint is step {k}: --resume continues after step {k}{redo}"

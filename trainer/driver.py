@@ -27,8 +27,9 @@ from trainer.batch import loss_tokens
 from trainer.config import ConfigError, RunConfig
 from trainer.evaluation import evaluate
 from trainer.healing import ReplicaHealer
+from trainer.holds import hold
 from trainer.orchestrator import Orchestrator, StepBatch
-from trainer.preparation import Prompts, prepare_model, prepare_prompts, redacted, total_steps
+from trainer.preparation import Prompts, prepare_model_and_prompts, redacted, total_steps
 from trainer.prompts import DataCursor, Prompt
 from trainer.roles import Roles
 from trainer.run_files import RunFiles, completion_rows, eval_line, progress_line
@@ -71,6 +72,7 @@ class Run:
         self.steps_done = 0  # steps trained (and logged) so far, this session included
         self.checkpoint_step: int | None = None  # the newest complete checkpoint's step
         self.finished = False  # the final model is saved (a later Ctrl-C is no interruption)
+        self.stop_requested = False  # a stop signal came (set by trainer.entry when it comes)
 
     # ------------------------------------------------------------------ the run
     async def run_async(self) -> int:
@@ -117,15 +119,12 @@ class Run:
 
     def _prepare(self) -> str:
         """The model folder and the prompts (what the roles start from); returns the model path."""
-        from transformers import AutoTokenizer
-
-        cfg = self.cfg
         with phase("start-up: model and prompts ready"):
-            model_path = prepare_model(cfg, self.out)
-            tokenizer = AutoTokenizer.from_pretrained(model_path)
-            self.prompts = prepare_prompts(cfg, tokenizer, model_path)
-        self.steps = total_steps(cfg, len(self.prompts.train))
-        self.cursor = DataCursor(len(self.prompts.train), cfg.trainer.seed, cfg.data.shuffle)
+            model_path, self.prompts = prepare_model_and_prompts(self.cfg, self.out)
+        self.steps = total_steps(self.cfg, len(self.prompts.train))
+        self.cursor = DataCursor(
+            len(self.prompts.train), self.cfg.trainer.seed, self.cfg.data.shuffle
+        )
         return model_path
 
     async def _start_roles(self, model_path: str, reward_fns: list) -> None:
@@ -145,19 +144,7 @@ class Run:
             self._start_samplers(model_path, resolved), self._start_trainers(model_path)
         )
         with phase("start-up: weight pushers ready"):
-            await self.roles.all(
-                "setup_pusher",
-                urls,
-                self.roles.trainer_key,
-                self.roles.admin_key,
-                self.roles.weight_transport(),
-                cfg.pipeline.weight_sync_bucket_mb << 20,
-                cfg.pipeline.dist_timeout_s,
-                cfg.pipeline.weight_sync_dir or str(self.out / "weight_sync"),
-                cfg.pipeline.connect_timeout_s,
-                cfg.pipeline.weight_probe,
-                cfg.pipeline.weight_probe_tolerance,
-            )
+            await self.roles.setup_pushers(urls)
         self.healer = ReplicaHealer(
             self.roles.replicas,
             self.client,
@@ -170,15 +157,8 @@ class Run:
         self.healer.start(urls)
 
     async def _start_samplers(self, model_path: str, resolved: Path) -> list[str]:
-        cfg = self.cfg
-        dtype = cfg.sampler.dtype if cfg.sampler.dtype != "auto" else cfg.model.torch_dtype
         with phase("start-up: sampler replicas live"):
-            urls = await asyncio.to_thread(
-                self.roles.start_samplers,
-                model_path,
-                "float32" if dtype == "auto" else dtype,
-                resolved,
-            )
+            urls = await asyncio.to_thread(self.roles.start_samplers, model_path, resolved)
             await self._connect(urls)
         return urls
 
@@ -297,6 +277,8 @@ class Run:
         final = self.out / "final_model"
         with phase("wind-down: final model saved"):
             await self.roles.all("save_hf", str(final))
+            hold("final-save")  # tests: a Ctrl-C while the final model is being logged
+            self.stop_point()
             log.info("final model: %s", final)
             if self.cfg.mlflow.log_model:
                 uri = self.tracker.log_model(str(final), pip_requirements())
@@ -305,6 +287,7 @@ class Run:
                 dest = Path(os.environ["GRPO_MODEL_OUTPUT_DIR"])
                 self.tracker.save_model(str(final), str(dest), pip_requirements())
                 log.info("MLflow model saved to the job output %s", dest)
+            self.stop_point()  # before the run is marked done in MLflow
         tracker, self.tracker = self.tracker, None
         tracker.end()
         print(
@@ -384,16 +367,15 @@ class Run:
             checkpoints.prune(root, self.cfg.trainer.save_total_limit, path)
         return path
 
+    def stop_point(self) -> None:
+        """Stop here if a stop signal came while the loop's thread was busy in synchronous code:
+        asyncio's cancel would reach the run only after it, at its next wait."""
+        if self.stop_requested:
+            raise asyncio.CancelledError
+
     def resume_hint(self) -> str:
         """What `--resume` would do after an interruption now (printed on Ctrl-C)."""
-        k, done = self.checkpoint_step, self.steps_done
-        if k is None:
-            return (
-                f"interrupted after {done} steps with no checkpoint yet: --resume has nothing to "
-                "continue from; run the same command again to start over"
-            )
-        redo = f" (steps {k + 1}-{done} are trained again)" if done > k else ""
-        return f"the last checkpoint is step {k}: --resume continues after step {k}{redo}"
+        return checkpoints.resume_hint(self.checkpoint_step, self.steps_done, self.steps)
 
     # ------------------------------------------------------------------ replica upkeep
     async def _heal_replicas(self, version: int) -> None:

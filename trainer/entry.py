@@ -27,31 +27,54 @@ def run(cfg: RunConfig, resume: bool | str = False, serve: bool = False) -> int:
     async def main() -> int:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
-        stopped: list[signal.Signals] = []
+        # The first stop signal, and whether the run had finished when it came.
+        stops: list[tuple[signal.Signals, bool]] = []
+        handled: list[signal.Signals] = []
 
-        def on_signal(sig: signal.Signals) -> None:
-            if stopped:  # a second Ctrl-C must not abort the teardown half-way
+        def arrived(signum: int, _frame: object) -> None:
+            # Python-level, so it runs when the signal comes, also while the loop's thread is
+            # busy in synchronous code (the final model's MLflow logging), where asyncio's
+            # handler below waits: the run stops at its next stop point (Run.stop_point).
+            if not stops:
+                stops.append((signal.Signals(signum), r.finished))
+                r.stop_requested = True
+
+        def on_signal(sig: signal.Signals) -> None:  # asyncio's, once the loop's thread is free
+            if handled:  # a second Ctrl-C must not abort the teardown half-way
                 log.warning("%s again: still shutting down every role, please wait", sig.name)
                 return
-            stopped.append(sig)
+            handled.append(sig)
             log.warning("%s: stopping the run and shutting every role down", sig.name)
             task.cancel()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
+            # Replaces only the Python-level handler: asyncio still learns of the signal
+            # through its wake-up fd and runs on_signal.
+            signal.signal(sig, arrived)
         try:
             rc = await r.run_async()
             if serve:
                 await r.serve()
             return rc
         except asyncio.CancelledError:
-            if stopped and r.finished:  # Ctrl-C while serving a finished run
+            if stops and stops[0][1]:  # Ctrl-C while serving a finished run
                 return 0
-            if stopped:
+            if stops:
                 log.warning("%s", r.resume_hint())
-                return 128 + stopped[0]
+                return 128 + stops[0][0]
             raise
         finally:
-            await r.shutdown()
+            # To its end even when a stop signal's cancel lands in it (one that came while the
+            # run's last synchronous steps kept the loop busy): an aborted teardown leaves
+            # processes behind and ends in a traceback.
+            teardown = asyncio.ensure_future(r.shutdown())
+            while True:
+                try:
+                    await asyncio.shield(teardown)
+                    break
+                except asyncio.CancelledError:
+                    if teardown.cancelled():
+                        raise
 
     return asyncio.run(main())

@@ -84,6 +84,14 @@ def prepare_model(cfg: RunConfig, out: Path) -> str:
     return str(Path(m.name_or_path).resolve())
 
 
+def prepare_model_and_prompts(cfg: RunConfig, out: Path) -> tuple[str, Prompts]:
+    """The model folder (built for the tiny model) and the prompts its tokenizer makes."""
+    from transformers import AutoTokenizer
+
+    model_path = prepare_model(cfg, out)
+    return model_path, prepare_prompts(cfg, AutoTokenizer.from_pretrained(model_path), model_path)
+
+
 def prepare_prompts(cfg: RunConfig, tokenizer: Any, model_path: str) -> Prompts:
     """Train and eval prompts, without those the samplers would refuse (dropped here and
     counted, so no request fails mid-run)."""

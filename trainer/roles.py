@@ -116,13 +116,15 @@ class Roles:
                     "trainer pushes weights through the samplers' admin routes"
                 )
 
-    def start_samplers(self, model_path: str, dtype: str, config_file: Path) -> list[str]:
+    def start_samplers(self, model_path: str, config_file: Path) -> list[str]:
         """Launch the replicas (or take the external URLs); their URLs once all are live."""
         import ray
 
         from trainer.replica_actor import SamplerReplica
 
         s = self.cfg.sampler
+        dtype = s.dtype if s.dtype != "auto" else self.cfg.model.torch_dtype
+        dtype = "float32" if dtype == "auto" else dtype
         self._keys()
         if s.external_urls:
             return list(s.external_urls)
@@ -197,6 +199,23 @@ class Roles:
         secret = secrets.token_hex(16)  # the group's keys live under it (TrainerWorker.join)
         ray.get([w.join.remote(addr, port, secret) for w in self.workers])
         self._place("trainer_ranks", ray.get([w.where.remote() for w in self.workers]))
+
+    async def setup_pushers(self, urls: list[str]) -> None:
+        """Every rank's weight pusher for the replicas at `urls` (rank 0 pushes; all probe)."""
+        p = self.cfg.pipeline
+        await self.all(
+            "setup_pusher",
+            urls,
+            self.trainer_key,
+            self.admin_key,
+            self.weight_transport(),
+            p.weight_sync_bucket_mb << 20,
+            p.dist_timeout_s,
+            p.weight_sync_dir or str(self.out / "weight_sync"),
+            p.connect_timeout_s,
+            p.weight_probe,
+            p.weight_probe_tolerance,
+        )
 
     def _place(self, role: str, where: list[dict[str, Any]]) -> None:
         with self._placement_lock:

@@ -61,12 +61,16 @@ def _run(
 
 
 def _start(
-    out: Path, *sets: str, extra: tuple[str, ...] = (), marker: str | None = None
+    out: Path,
+    *sets: str,
+    extra: tuple[str, ...] = (),
+    marker: str | None = None,
+    env_extra: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """The driver in its own session, its output in a file (a pipe nobody drains would block it).
     `marker` (KEY=VALUE): put in its environment, so every process of the run inherits it."""
     out.mkdir(parents=True, exist_ok=True)
-    env = _env()
+    env = {**_env(), **(env_extra or {})}
     if marker:
         key, value = marker.split("=")
         env[key] = value
@@ -419,10 +423,13 @@ def test_serve_keeps_the_final_policy_live_until_ctrl_c(tmp_path):
     _wait_gone(marker)
 
 
-def _ctrl_c(proc: subprocess.Popen) -> None:
-    """SIGINT to the driver's process group, as a terminal's Ctrl-C; SIGKILL if it hangs."""
+def _ctrl_c(proc: subprocess.Popen, then=None) -> None:
+    """SIGINT to the driver's process group, as a terminal's Ctrl-C; SIGKILL if it hangs.
+    `then`: called once the signal is sent (releases a held driver: trainer.holds)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGINT)
+    if then is not None:
+        then()
     try:
         proc.wait(timeout=120)
     finally:
@@ -454,40 +461,49 @@ def _marked(marker: str) -> list[str]:
     return out
 
 
+def _metrics_lines(out: Path) -> int:
+    return len(_jsonl(out / "metrics.jsonl")) if (out / "metrics.jsonl").exists() else 0
+
+
 @pytest.mark.parametrize(
-    "when,ready",
+    "when,steps,ready,hint",
     [
-        ("start-up", lambda out, log: "start-up: Ray ready" in log),
+        ("start-up", 500, lambda out, log: "start-up: Ray ready" in log, "no checkpoint yet"),
+        ("steps", 500, lambda out, log: _metrics_lines(out) >= 2, "--resume continues after step"),
+        # held (trainer.holds) while the final model is logged: the signal comes mid-save
         (
-            "steps",
-            lambda out, log: (
-                len(_jsonl(out / "metrics.jsonl")) >= 2
-                if (out / "metrics.jsonl").exists()
-                else False
-            ),
+            "final-save",
+            2,
+            lambda out, log: (out.parent / "holds" / "final-save.held").exists(),
+            "--resume saves the final model",
         ),
     ],
 )
-def test_ctrl_c_shuts_every_role_down(tmp_path, when, ready):
-    """Ctrl-C (SIGINT to the driver's process group, as a terminal sends it) during start-up or
-    the steps: exit 130, one message saying what --resume will redo, no traceback, and no
-    process of the run left: sampler servers, their vLLM engine cores, Ray's processes."""
-    out = tmp_path / "run"
+def test_ctrl_c_shuts_every_role_down(tmp_path, when, steps, ready, hint):
+    """Ctrl-C (SIGINT to the driver's process group, as a terminal sends it) during start-up,
+    the steps or the final save: exit 130, one message saying what --resume will redo, no
+    traceback, and no process of the run left: sampler servers, their vLLM engine cores, Ray's
+    processes."""
+    from trainer.holds import HOLD_ENV
+
+    out, holds = tmp_path / "run", tmp_path / "holds"
+    holds.mkdir()
     marker = f"GRPO_TEST_RUN={tmp_path.name}"
-    sets = ("trainer.max_steps=500", "trainer.eval_steps=null", "trainer.save_steps=1")
-    proc = _start(out, *sets, marker=marker)
+    sets = (f"trainer.max_steps={steps}", "trainer.eval_steps=null", "trainer.save_steps=1")
+    proc = _start(out, *sets, marker=marker, env_extra={HOLD_ENV: f"{when}:{holds}"})
     try:
         _wait_for(lambda: ready(out, _driver_log(out)), 480, when, proc)
     finally:
-        _ctrl_c(proc)
+        _ctrl_c(proc, then=lambda: (holds / f"{when}.release").touch())
     err = _driver_log(out)
     assert proc.returncode == 130, err[-4000:]
     assert "interrupted" in err and "Traceback" not in err, err[-4000:]
-    if when == "steps":
-        assert "--resume continues after step" in err, err[-2000:]
-    else:
-        assert "no checkpoint yet" in err, err[-2000:]
+    assert hint in err, err[-2000:]
     _wait_gone(marker)
+    if when == "final-save":  # what the hint promises: --resume trains nothing, saves the model
+        done = _run(out, *sets, resume=True)
+        assert _metrics_lines(out) == steps and "Done. Final model" in done.stdout
+        assert (out / "final_model" / "model.safetensors").is_file()
 
 
 def test_medmcqa_seed_setup_runs_on_the_tiny_model(tmp_path, medmcqa_dir):

@@ -111,3 +111,19 @@ def test_rng_state_round_trips_with_weights_only_and_a_missing_file_is_an_error(
     assert got[0] == expected[0] and torch.equal(got[1], expected[1]) and got[2] == expected[2]
     with pytest.raises(FileNotFoundError, match=r"rng_state_rank1\.pt"):
         load_rng_state(str(tmp_path), rank=1)
+
+
+@pytest.mark.parametrize(
+    "k,done,steps,says",
+    [
+        (None, 3, 10, "no checkpoint yet"),
+        (4, 6, 10, "--resume continues after step 4 (steps 5-6 are trained again)"),
+        (4, 4, 10, "--resume continues after step 4"),
+        # interrupted in the final save: every step is checkpointed, only the save is left
+        (10, 10, 10, "--resume saves the final model (no step is trained again)"),
+    ],
+)
+def test_the_resume_hint_says_what_resume_redoes(k, done, steps, says):
+    from trainer.checkpoints import resume_hint
+
+    assert says in resume_hint(k, done, steps)
