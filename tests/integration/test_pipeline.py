@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,22 +24,20 @@ LOCAL = REPO / "configs" / "local.yaml"
 pytestmark = pytest.mark.slow
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+def _env(pythonpath: bool = True) -> dict[str, str]:
+    """`pythonpath=False`: as a user's shell in a clone, whose commands run the clone's code."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    if pythonpath:
+        return {**env, "PYTHONPATH": str(REPO)}
+    return {k: v for k, v in env.items() if k != "PYTHONPATH"}
 
 
-def _cmd(out: Path, *sets: str, resume: bool = False) -> list[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "trainer",
-        "--config",
-        str(LOCAL),
-        "--set",
-        f"trainer.output_dir={out}",
-    ]
+def _cmd(out: Path, *sets: str, resume: bool = False, base: list[str] | None = None) -> list[str]:
+    """`base`: a documented command to run instead (it chooses the output folder itself)."""
+    default = [sys.executable, "-m", "trainer", "--config", str(LOCAL)]
+    cmd = base or [*default, "--set", f"trainer.output_dir={out}"]
     for s in sets:
-        cmd += ["--set", s]
+        cmd = [*cmd, "--set", s]
     return cmd + (["--resume"] if resume else [])
 
 
@@ -66,18 +65,21 @@ def _start(
     extra: tuple[str, ...] = (),
     marker: str | None = None,
     env_extra: dict[str, str] | None = None,
+    base: list[str] | None = None,
+    cwd: Path = REPO,
 ) -> subprocess.Popen:
     """The driver in its own session, its output in a file (a pipe nobody drains would block it).
-    `marker` (KEY=VALUE): put in its environment, so every process of the run inherits it."""
+    `marker` (KEY=VALUE): put in its environment, so every process of the run inherits it.
+    `base` (a documented command) runs in `cwd` (a set-up clone) with the clone's code."""
     out.mkdir(parents=True, exist_ok=True)
-    env = {**_env(), **(env_extra or {})}
+    env = {**_env(pythonpath=cwd == REPO), **(env_extra or {})}
     if marker:
         key, value = marker.split("=")
         env[key] = value
     with open(out.parent / "driver.log", "w") as log:
         return subprocess.Popen(
-            [*_cmd(out, *sets), *extra],
-            cwd=REPO,
+            [*_cmd(out, *sets, base=base), *extra],
+            cwd=cwd,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -391,19 +393,30 @@ def test_zero_variance_groups_are_filtered_and_counted(tmp_path):
 
 
 def test_serve_keeps_the_final_policy_live_until_ctrl_c(tmp_path):
-    """`--serve`: after the last step the replica keeps serving the final policy (version = the
-    number of steps) over the OpenAI API; Ctrl-C then ends the run with exit 0 and nothing left.
-    Eval results reach the console beside the step lines."""
+    """The README's main job as written, in a set-up clone, with `--serve` (and 2 steps): after
+    the last step the replica keeps serving the final policy (version = the number of steps),
+    the README's curl example gets its answer, and Ctrl-C ends the run with exit 0 and nothing
+    left. Eval results reach the console beside the step lines."""
     import httpx
+    from doc_commands import readme_command, set_up_clone
 
-    out = tmp_path / "run"
+    clone = set_up_clone(tmp_path / "clone")
+    out = clone / "outputs" / "local"  # configs/local.yaml's output_dir, relative to the clone
     marker = f"GRPO_TEST_RUN={tmp_path.name}"
     sets = ("trainer.max_steps=2", "trainer.eval_steps=2", "mlflow.log_model=false")
-    proc = _start(out, *sets, extra=("--serve",), marker=marker)
+    main = shlex.split(readme_command(".venv/bin/python -m trainer --config configs/local.yaml"))
+    proc = _start(out, *sets, extra=("--serve",), marker=marker, base=main, cwd=clone)
     try:
         _wait_for(
             lambda: "still serving the final policy" in _driver_log(out), 480, "serving", proc
         )
+        example = "\n".join(
+            readme_command(start) for start in ("URL=$(", "curl -s $URL/v1/chat/completions")
+        )
+        done = subprocess.run(["bash", "-c", example], cwd=clone, env=_env(pythonpath=False),
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, f"{example}\n{done.stderr[-2000:]}"
+        assert json.loads(done.stdout)["choices"][0]["message"]["role"] == "assistant", done.stdout
         url = json.loads((out / "replicas.json").read_text())[0]["url"]
         api_key = (out / "sampler_api_key").read_text().strip()
         r = httpx.post(
@@ -507,29 +520,26 @@ def test_ctrl_c_shuts_every_role_down(tmp_path, when, steps, ready, hint):
 
 
 def test_medmcqa_seed_setup_runs_on_the_tiny_model(tmp_path, medmcqa_dir):
-    """configs/medmcqa_tiny.yaml (the reference recipe's accuracy 0.8 + format 0.2 on the shared
-    MedMCQA sample, given by the fixture as a user gives their folder), 4 of its steps."""
-    out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "trainer",
-        "--config",
-        str(REPO / "configs" / "medmcqa_tiny.yaml"),
-        "--set",
-        f"data.path={medmcqa_dir / 'small'}",
-        "--set",
+    """The README's `configs/medmcqa_tiny.yaml` command as written, in a set-up clone whose
+    `local_data/medmcqa` is the shared MedMCQA sample (the reference recipe's accuracy 0.8 +
+    format 0.2), for 4 of its steps."""
+    import shutil
+
+    from doc_commands import readme_command, set_up_clone
+
+    clone = set_up_clone(tmp_path / "clone")
+    shutil.copytree(medmcqa_dir / "small", clone / "local_data" / "medmcqa")
+    out = clone / "outputs" / "medmcqa_tiny"  # the config's output_dir
+    cmd = _cmd(
+        out,
         "trainer.max_steps=4",
-        "--set",
         "model.tiny_warm_start_steps=0",  # plumbing only; the warm start has its own test
-        "--set",
         "trainer.eval_steps=2",
-        "--set",
-        f"trainer.output_dir={out}",
-        "--set",
         "mlflow.log_model=false",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+        base=shlex.split(readme_command(".venv/bin/python -m trainer --config configs/medmcqa")),
+    )
+    proc = subprocess.run(cmd, cwd=clone, env=_env(pythonpath=False), capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-6000:]
     metrics = _jsonl(out / "metrics.jsonl")
     assert len(metrics) == 4
