@@ -11,12 +11,14 @@ Does not know: the step loop, rollouts, checkpoints' contents, MLflow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sampler.engine import CPU_VLLM_ENV
 from trainer.cluster import SAMPLER_RESOURCE, TRAINER_RESOURCE
@@ -25,6 +27,8 @@ from trainer.files import write_secret
 from trainer.run_files import RunFiles
 
 log = logging.getLogger("trainer")
+T = TypeVar("T")
+_STARTS_GONE_S = 60  # how long release() waits for start-ups whose actors it killed
 
 
 def _sampler_args(config_file: Path, dtype: str, seed: int) -> list[str]:
@@ -46,6 +50,10 @@ class Roles:
         self.placement: dict[str, list[dict[str, Any]]] = {}
         # The replicas and the ranks start side by side (two threads), both recording placement.
         self._placement_lock = threading.Lock()
+        # Start-ups running in threads, and whether release() began (no actor is made after).
+        self._starting = threading.Condition()
+        self._running_starts = 0
+        self._closing = False
         self.overlap_push = False  # decided in start_trainers (needs to know about GPUs)
         self.owns_ray = False
 
@@ -118,20 +126,25 @@ class Roles:
 
     def start_samplers(self, model_path: str, config_file: Path) -> list[str]:
         """Launch the replicas (or take the external URLs); their URLs once all are live."""
+        s = self.cfg.sampler
+        dtype = s.dtype if s.dtype != "auto" else self.cfg.model.torch_dtype
+        dtype = "float32" if dtype == "auto" else dtype
+        with self._start():
+            return self._start_samplers(model_path, dtype, config_file)
+
+    def _start_samplers(self, model_path: str, dtype: str, config_file: Path) -> list[str]:
         import ray
 
         from trainer.replica_actor import SamplerReplica
 
         s = self.cfg.sampler
-        dtype = s.dtype if s.dtype != "auto" else self.cfg.model.torch_dtype
-        dtype = "float32" if dtype == "auto" else dtype
         self._keys()
         if s.external_urls:
             return list(s.external_urls)
         gpus = s.tensor_parallel_size if self.has_gpus() else 0
         Actor = ray.remote(max_restarts=0)(SamplerReplica)
         env = dict(CPU_VLLM_ENV) if not gpus else {}
-        self.replicas = [
+        self.replicas = self._create(lambda: [
             Actor.options(**self._options(SAMPLER_RESOURCE, gpus)).remote(
                 i,
                 model_path,
@@ -144,7 +157,7 @@ class Roles:
                 self.trainer_key,
             )
             for i in range(s.replicas)
-        ]
+        ])  # fmt: skip
         urls = ray.get([r.start.remote(s.startup_timeout_s) for r in self.replicas])
         infos = ray.get([r.info.remote() for r in self.replicas])
         self.files.write_replicas(infos)
@@ -160,6 +173,10 @@ class Roles:
 
     # ------------------------------------------------------------------ trainers
     def start_trainers(self, model_path: str, steps: int) -> None:
+        with self._start():
+            self._start_trainers(model_path, steps)
+
+    def _start_trainers(self, model_path: str, steps: int) -> None:
         import ray
 
         from trainer.workers import TrainerWorker
@@ -177,7 +194,7 @@ class Roles:
         # "push": a second thread on which `finish_push` waits for a background weight push while
         # the default group (one thread, calls in order) trains.
         Actor = ray.remote(max_restarts=0, concurrency_groups={"push": 1})(TrainerWorker)
-        self.workers = [
+        self.workers = self._create(lambda: [
             Actor.options(**self._options(TRAINER_RESOURCE, gpus)).remote(
                 r,
                 p.num_trainer_workers,
@@ -191,7 +208,7 @@ class Roles:
                 threads,
             )
             for r in range(p.num_trainer_workers)
-        ]
+        ])  # fmt: skip
         # Rank 0 opens the group's store on its own node (the driver's node may not train at
         # all); the others learn the address from it.
         addr, port = ray.get(self.workers[0].rendezvous_endpoint.remote())
@@ -216,6 +233,27 @@ class Roles:
             p.weight_probe,
             p.weight_probe_tolerance,
         )
+
+    @contextlib.contextmanager
+    def _start(self) -> Iterator[None]:
+        """Around a start-up that runs in a thread (the replicas', the ranks'): release() stops
+        Ray only after it ended, because a thread that calls Ray after ray.shutdown() takes the
+        whole process down (Ray's core worker exits, code 1, no message)."""
+        with self._starting:
+            self._running_starts += 1
+        try:
+            yield
+        finally:
+            with self._starting:
+                self._running_starts -= 1
+                self._starting.notify_all()
+
+    def _create(self, make: Callable[[], T]) -> T:
+        """Make actors, unless release() began (it kills the ones it knows of)."""
+        with self._starting:
+            if self._closing:
+                raise RuntimeError("not starting roles: the run is shutting down")
+            return make()
 
     def _place(self, role: str, where: list[dict[str, Any]]) -> None:
         with self._placement_lock:
@@ -254,8 +292,14 @@ class Roles:
         """Kill every actor, mark the replicas dead in replicas.json, stop Ray if we started it."""
         import ray
 
-        for a in [*self.workers, *self.replicas]:
+        with self._starting:
+            self._closing = True
+            actors = [*self.workers, *self.replicas]
+        for a in actors:
             ray.kill(a)
+        with self._starting:  # a start-up's next Ray call fails now that its actors are dead
+            if not self._starting.wait_for(lambda: not self._running_starts, _STARTS_GONE_S):
+                log.warning("a role's start-up is still running; stopping Ray anyway")
         self.files.mark_replicas_dead()
         if self.owns_ray:
             ray.shutdown()
