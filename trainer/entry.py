@@ -44,6 +44,7 @@ def run(cfg: RunConfig, resume: bool | str = False, serve: bool = False) -> int:
                 log.warning("%s again: still shutting down every role, please wait", sig.name)
                 return
             handled.append(sig)
+            arrived(sig, None)  # when a library replaced `arrived` (Ray does for SIGTERM)
             log.warning("%s: stopping the run and shutting every role down", sig.name)
             task.cancel()
 
