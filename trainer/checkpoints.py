@@ -4,7 +4,8 @@ Owns: the layout `checkpoints/step-<N>/` (`state/`: DeepSpeed's engine files; `r
 per trainer rank; `client_state.json`: the marker, written last), flushing a checkpoint's files to
 disk (`fsync_tree`, every rank after its save), writing the marker durably (temp file, fsync,
 rename, directory fsync) with the size of every file, validating a checkpoint, selecting the newest
-valid one (`latest_valid`) and pruning old ones.
+valid one (`latest_valid`) and pruning old ones; what `--resume` would redo after a stop
+(`resume_hint`).
 Does not know: what the files hold (trainer.engine writes and reads them), the run loop.
 
 A folder without a marker is an unfinished save (killed mid-save): never a candidate, logged. A
