@@ -79,16 +79,10 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         ckpt = checkpoints.resume_point(self.out, self.resume, self.world_size)
         reward_fns = self._reward_fns()
-        # The slow start-up phases run in threads (the event loop stays free for Ctrl-C), side
-        # by side where one does not need the other: Ray starts while the model is prepared.
-        prepared = asyncio.ensure_future(asyncio.to_thread(self._prepare))
-        try:
-            with phase("start-up: Ray ready"):
-                self.roles.init_ray()
-        except BaseException:
-            prepared.cancel()
-            raise
-        model_path = await prepared
+        # The slow start-up phases run in threads: the event loop stays free for Ctrl-C.
+        model_path = await asyncio.to_thread(self._prepare)
+        with phase("start-up: Ray ready"):
+            self.roles.init_ray()
         await self._start_roles(model_path, reward_fns)
         start_step, version = await self._begin(ckpt)
         for step in range(start_step, self.steps):
@@ -128,8 +122,9 @@ class Run:
         return model_path
 
     async def _start_roles(self, model_path: str, reward_fns: list) -> None:
-        """The reward pool, then the sampler replicas and the trainer ranks side by side (neither
-        needs the other until the weight pushers connect), MLflow's store warmed meanwhile."""
+        """The reward pool, the sampler replicas and the trainer ranks (side by side when they
+        run on their own machines: neither needs the other until the weight pushers connect,
+        and MLflow's store is warmed meanwhile), then the weight pushers."""
         from rewards.factory import build_scorer
         from trainer.tracking import tracking_uri, warm_store
 
@@ -138,11 +133,16 @@ class Run:
             self.scorer = build_scorer(cfg.reward_spec, reward_fns)
         resolved = self.out / "resolved_config.yaml"  # what this run used, overrides included
         resolved.write_text(yaml.safe_dump(redacted(cfg), sort_keys=False))
-        uri = tracking_uri(cfg.mlflow.tracking_uri, str(self.out))
-        self._store_warm = asyncio.ensure_future(asyncio.to_thread(warm_store, uri))
-        urls, _ = await asyncio.gather(
-            self._start_samplers(model_path, resolved), self._start_trainers(model_path)
-        )
+        if self.roles.on_own_machines():
+            uri = tracking_uri(cfg.mlflow.tracking_uri, str(self.out))
+            self._store_warm = asyncio.ensure_future(asyncio.to_thread(warm_store, uri))
+            urls, _ = await asyncio.gather(
+                self._start_samplers(model_path, resolved), self._start_trainers(model_path)
+            )
+        else:  # one CPU machine: side by side, the ranks' start slowed the replicas' (the
+            # critical path) more than it saved (docs/benchmarks.md, section 7)
+            urls = await self._start_samplers(model_path, resolved)
+            await self._start_trainers(model_path)
         with phase("start-up: weight pushers ready"):
             await self.roles.setup_pushers(urls)
         self.healer = ReplicaHealer(
@@ -208,7 +208,8 @@ class Run:
             else:  # launched replicas loaded the trainer's checkpoint: prove it
                 await self.roles.all("check_weights", version)
         self.files.truncate(start_step)
-        await self._store_warm
+        if self._store_warm is not None:
+            await self._store_warm
         self.tracker = open_tracker(cfg.mlflow, self.out, t.run_name, run_id=run_id)
         if run_id is None:
             self.tracker.params(

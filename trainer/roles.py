@@ -99,6 +99,13 @@ class Roles:
             opts["scheduling_strategy"] = "SPREAD"
         return opts
 
+    def on_own_machines(self) -> bool:
+        """Whether the roles have cores of their own (GPU nodes, or a cluster of several nodes),
+        so their start-ups can overlap; on one CPU machine they compete for its cores."""
+        import ray
+
+        return self.has_gpus() or sum(1 for n in ray.nodes() if n.get("Alive")) > 1
+
     def has_gpus(self) -> bool:
         import ray
 
