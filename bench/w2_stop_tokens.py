@@ -6,8 +6,8 @@ A random model never says eos on its own schedule, so W2 makes a few token ids s
 a total stop probability q per token, a completion's length is roughly geometric with mean 1/q and
 a long tail (the longest of 16 is ~3.4x the mean). This script measures the random model's mean
 probability of every token over sampled positions (temperature 1, the benchmark's prompts),
-picks `--stop-count` non-special tokens whose mass is closest to an equal share of 1/target
-minus eos's, and then samples completions with them as stop tokens to print the lengths they give. The chosen ids
+picks the likeliest non-special tokens that keep their mass plus eos's under 1/target, and
+then samples completions with them as stop tokens to print the lengths they give. The chosen ids
 are recorded in `W2_WORKLOAD`; rerun this when the tiny model's build or tokenizer changes.
 """
 
@@ -34,10 +34,9 @@ def main() -> None:
     add_model_argument(p, default="25m")
     p.add_argument("--target-mean", type=float, default=150.0)
     p.add_argument("--prompts", type=int, default=8)
-    p.add_argument("--samples", type=int, default=8, help="completions per prompt")
+    p.add_argument("--samples", type=int, default=4, help="completions per prompt")
     p.add_argument("--probe-tokens", type=int, default=64, help="positions measured per sample")
     p.add_argument("--max-tokens", type=int, default=1024)
-    p.add_argument("--stop-count", type=int, default=4, help="how many stop token ids")
     a = p.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -76,13 +75,17 @@ def main() -> None:
     mass /= positions
     eos = tok.eos_token_id
     special = set(tok.all_special_ids)
-    # Several tokens of similar mass rather than one likely one: the stop probability then
-    # depends less on the context a random model happens to be in.
-    share = (1.0 / a.target_mean - float(mass[eos])) / a.stop_count
-    candidates = [i for i in range(vocab) if i not in special and i < len(tok)]
-    chosen = sorted(candidates, key=lambda i: abs(float(mass[i]) - share))[: a.stop_count]
-    total = float(mass[eos]) + sum(float(mass[i]) for i in chosen)
-    order = sorted(candidates, key=lambda i: -float(mass[i]))
+    order = [i for i in torch.argsort(mass, descending=True).tolist() if i not in special]
+    # The likeliest tokens that still fit under the target, until it is nearly reached.
+    target = 1.0 / a.target_mean
+    chosen, total = [], float(mass[eos])
+    for i in order:
+        if total + float(mass[i]) > target:
+            continue
+        chosen.append(i)
+        total += float(mass[i])
+        if total > 0.97 * target:
+            break
     print(f"positions measured: {positions}; uniform would be {1 / vocab:.5f} per token")
     print(f"eos {eos}: {float(mass[eos]):.5f}; largest token mass {float(mass[order[0]]):.5f}")
     print(f"stop ids {sorted(chosen)} ({[tok.decode([i]) for i in sorted(chosen)]})")
