@@ -27,3 +27,16 @@ def add_model_argument(parser: argparse.ArgumentParser, default: str) -> None:
         default=default,
         help="model-size preset (bench/presets.py)",
     )
+
+
+# W2, the long-tail workload of bench/bench_inflight.py: on the "25m" model (built with seed 0)
+# these ids plus eos have ~1/150 of the probability per token, so completion lengths spread from
+# a few tokens to the cap with a long tail. Measured and chosen by bench/w2_stop_tokens.py
+# (docs/benchmarks.md, section 8); rerun it when the tiny model's build or tokenizer changes.
+W2_WORKLOAD: dict[str, Any] = {
+    "stop_token_ids": [411],
+    "max_completion_length": 1024,
+    "max_prompt_length": 128,
+    # KV of two steps of 16 full-length completions (8 KiB per token on the 25m model) with room
+    "kv_cache_memory_bytes": 512 << 20,
+}

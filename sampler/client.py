@@ -41,6 +41,7 @@ class SamplingSpec:
     min_p: float | None = None
     repetition_penalty: float = 1.0
     seed: int | None = None
+    stop_token_ids: list[int] | None = None  # besides eos
 
 
 @dataclass
@@ -146,6 +147,7 @@ class SamplerClient:
             "min_p": spec.min_p,
             "repetition_penalty": spec.repetition_penalty,
             "seed": spec.seed,
+            "stop_token_ids": spec.stop_token_ids,
         }
         cost = float(len(prompts) * n * spec.max_tokens)
         tried: set[str] = set()

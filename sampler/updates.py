@@ -99,23 +99,30 @@ class WeightUpdates:
                     "version",
                 )
             t0 = time.perf_counter()
+            running = len(self._engine_ids)
             self.updating = True
             try:
                 if self.cfg.update_mode == "inflight":
-                    results = await self._load_inflight(transport, new_version, load)
+                    results, quiet_s = await self._load_inflight(transport, new_version, load)
                 else:
-                    results = await self._load_drained(transport, new_version, load)
+                    results, quiet_s = await self._load_drained(transport, new_version, load)
             finally:
                 self.updating = False
             seconds = time.perf_counter() - t0
             self.metrics.update_seconds.labels(transport).observe(seconds)
             self.metrics.updates.labels(transport, "ok").inc()
             stats = {k: float(v) for k, v in (results[0] or {}).items()} if results else {}
+            # What the update cost the requests in flight, apart from the transfer itself:
+            # `quiesce_seconds` is the wait for a quiet engine (drain: the running requests
+            # finishing while new ones wait; inflight: the pause), and how many were running.
+            stats.update(quiesce_seconds=quiet_s, requests_in_flight=float(running))
             return UpdateResponse(policy_version=new_version, seconds=seconds, stats=stats)
 
     async def _load_drained(
         self, transport: str, new_version: int, load: Callable[[], Awaitable[list[dict]]]
-    ) -> list[dict]:
+    ) -> tuple[list[dict], float]:
+        """(worker results, seconds until the engine was quiet)."""
+        t0 = time.perf_counter()
         self._open.clear()
         paused = False
         try:
@@ -125,10 +132,11 @@ class WeightUpdates:
             paused = await self._drain()
             if paused:
                 await self.engine.pause_generation(mode="wait", clear_cache=True)
+            quiet_s = time.perf_counter() - t0
             results = await self._load(transport, new_version, load)
             # Cached prefixes hold KV computed with the old weights.
             await self.engine.reset_prefix_cache()
-            return results
+            return results, quiet_s
         finally:
             if paused:
                 await self.engine.resume_generation()
@@ -136,12 +144,15 @@ class WeightUpdates:
 
     async def _load_inflight(
         self, transport: str, new_version: int, load: Callable[[], Awaitable[list[dict]]]
-    ) -> list[dict]:
+    ) -> tuple[list[dict], float]:
+        """(worker results, seconds until the engine was quiet)."""
+        t0 = time.perf_counter()
         # Requests admitted from now on must not hit prefixes cached with the old weights.
         self.kv_namespace += 1
         await self.engine.pause_generation(mode="keep", clear_cache=False)
+        quiet_s = time.perf_counter() - t0
         try:
-            return await self._load(transport, new_version, load)
+            return await self._load(transport, new_version, load), quiet_s
         except BaseException:
             # Frozen requests must not continue on undefined weights: they end as preempted
             # (and re-run only once a later update makes the replica healthy again).

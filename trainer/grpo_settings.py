@@ -8,7 +8,7 @@ Does not know: the other sections (trainer.config) or how a file is read (traine
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -61,6 +61,19 @@ def default_is_mode(max_staleness: int) -> str:
     """The IS mode when none is set: TRL's sequence_mask on-policy; token_truncate with stale
     batches (a per-token clip keeps the rest of a stale sequence's signal)."""
     return "token_truncate" if max_staleness > 0 else "sequence_mask"
+
+
+class GenerationKwargs(BaseModel):
+    """Extra vLLM `SamplingParams` of training and eval rollouts (TRL's `generation_kwargs`):
+    only the keys the sampler's grouped route accepts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None,
+        description="Token ids that end a completion besides eos (the stop token is kept in "
+        "the completion, as vLLM does for eos); null: eos only.",
+    )
 
 
 class GRPOSettings(BaseModel):
@@ -143,6 +156,11 @@ class GRPOSettings(BaseModel):
     min_p: float | None = Field(None, description="Min-p sampling in [0, 1]; null disables.")
     repetition_penalty: float = Field(
         1.0, gt=0, description="vLLM repetition penalty in (0, 10]; 1.0 disables."
+    )
+    generation_kwargs: GenerationKwargs = Field(
+        default_factory=GenerationKwargs,
+        description="TRL's `generation_kwargs` (passed to vLLM's SamplingParams), limited to the "
+        "keys the sampler accepts: `stop_token_ids`. Other keys fail at load.",
     )
     # GRPO objective
     beta: float = Field(
@@ -231,6 +249,8 @@ class GRPOSettings(BaseModel):
                     "vllm_importance_sampling_clip_max", data.pop("vllm_importance_sampling_cap")
                 )
                 data.pop("vllm_importance_sampling_cap", None)
+            if "generation_kwargs" in data and data["generation_kwargs"] is None:
+                data = {**data, "generation_kwargs": {}}  # TRL's default is None
             if data.get("vllm_mode") == "colocate":
                 raise ValueError(
                     "trainer.vllm_mode: 'colocate' is not supported: this service runs vLLM as a separate "

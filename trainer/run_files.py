@@ -15,6 +15,7 @@ from typing import Any
 
 from trainer.files import write_atomic
 from trainer.orchestrator import StepBatch
+from trainer.types import ScoredSample
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,8 @@ class RunFiles:
             f.write(json.dumps(row) + "\n")
 
     def record_trained(self, step: int, batch: StepBatch) -> None:
-        """Audit log: which prompts (and versions) each step trained on. Tests check it for
-        exactness."""
+        """Audit log: which prompts (and versions: the oldest per group, and every completion's
+        spans) each step trained on. Tests check it for exactness."""
         self.append(
             "trained_prompts.jsonl",
             {
@@ -37,6 +38,9 @@ class RunFiles:
                 "prompt_ids": [g.prompt.id for g in batch.groups],
                 "versions": [g.policy_version for g in batch.groups],
                 "replicas": [g.replica for g in batch.groups],
+                # per group, per completion: [version, first token] of each span of tokens one
+                # weights version made (several after an in-flight update)
+                "sample_versions": [[_spans(s) for s in g.samples] for g in batch.groups],
             },
         )
 
@@ -89,9 +93,14 @@ def completion_rows(step: int, batch: StepBatch) -> list[dict[str, Any]]:
             "reward": s.reward,
             "advantage": s.advantage,
             "policy_version": s.policy_version,
+            "versions": _spans(s),
         }
         for s in batch.samples
     ]
+
+
+def _spans(s: ScoredSample) -> list[list[int]]:
+    return [[v, start] for v, start in s.versions]
 
 
 def progress_line(step: int, steps: int, m: dict[str, float]) -> str:

@@ -24,6 +24,7 @@ def rollout_sampling(t: GRPOSettings) -> SamplingSpec:
         top_k=t.top_k,
         min_p=t.min_p,
         repetition_penalty=t.repetition_penalty,
+        stop_token_ids=t.generation_kwargs.stop_token_ids,
     )
 
 

@@ -22,7 +22,9 @@ def replicas(tmp_path_factory):
     model = build_tiny_model(root / "A", seed=0)
     other = build_tiny_model(root / "B", seed=1)
     cfg = root / "run.yaml"  # short drain: updates preempt long requests, which are re-run
-    cfg.write_text("sampler:\n  dtype: float32\n  update_drain_timeout_s: 0.3\n")
+    cfg.write_text(
+        "sampler:\n  dtype: float32\n  update_mode: drain\n  update_drain_timeout_s: 0.3\n"
+    )
     procs = [
         start_sampler(
             model, log_dir=root, admin_key=ADMIN_KEY, extra_args=["--config", str(cfg)], wait=False

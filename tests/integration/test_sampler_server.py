@@ -51,7 +51,9 @@ def _start(models, tmp_path_factory, layout: str):
         models[0],
         tmp_path_factory,
         layout,
-        f"{limits}  public_drain_timeout_s: 0.2\n  cpu_weight_layout: {layout}\n",
+        # its update tests are drain's (inflight's: test_inflight_updates.py)
+        f"{limits}  public_drain_timeout_s: 0.2\n  update_mode: drain\n"
+        f"  cpu_weight_layout: {layout}\n",
     )
 
 

@@ -282,3 +282,29 @@ def test_inflight_a_failed_load_aborts_frozen_requests_and_the_replica_refuses_w
     assert update.status == 500 and "receiver lost its peer" in update.message
     assert request.status == 503 and "unhealthy" in request.message
     assert engine._aborted and engine.violations == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["drain", "inflight"])
+def test_an_update_reports_the_requests_it_met_and_its_wait_for_a_quiet_engine(mode):
+    """bench/bench_inflight.py reads these: how many requests an update met in flight and how
+    long it waited for the engine to be quiet (drain: them finishing; inflight: the pause)."""
+    engine = FakeEngine(seed=1)
+
+    async def go():
+        svc = _service(engine, mode=mode)
+        idle = await svc.update_gloo(_update())
+        long = asyncio.ensure_future(svc.generate_grouped(_request(5, max_tokens=40)))
+        while engine.tokens_made < 3:
+            await asyncio.sleep(0)
+        busy = await svc.update_gloo(_update())
+        made = engine.tokens_made
+        await long
+        return idle, busy, made
+
+    idle, busy, made = asyncio.run(go())
+    assert idle.stats["requests_in_flight"] == 0 and busy.stats["requests_in_flight"] == 1
+    for r in (idle, busy):
+        assert 0 <= r.stats["quiesce_seconds"] <= r.seconds
+    # drain waited for the long request's last token; inflight froze it half-way
+    assert (made == 40) == (mode == "drain")

@@ -67,7 +67,43 @@ def test_the_rollout_spec_carries_every_sampling_setting(tmp_path: Path) -> None
     t = _run(tmp_path).cfg.trainer
     spec = rollout_sampling(t)
     assert spec.max_tokens == t.max_completion_length and spec.seed is None
-    shared = {f.name for f in dataclasses.fields(SamplingSpec)} - {"max_tokens", "seed"}
+    shared = {f.name for f in dataclasses.fields(SamplingSpec)} - {
+        "max_tokens",
+        "seed",
+        "stop_token_ids",  # under generation_kwargs, as in TRL
+    }
     assert {name: getattr(spec, name) for name in shared} == {
         name: getattr(t, name) for name in shared
     }
+    assert spec.stop_token_ids is None
+
+
+def test_generation_kwargs_stop_tokens_reach_rollouts_and_eval(tmp_path: Path) -> None:
+    from trainer.sampling import eval_sampling, rollout_sampling
+
+    cfg = parse_config(
+        {
+            "trainer": {
+                "output_dir": str(tmp_path / "out"),
+                "generation_kwargs": {"stop_token_ids": [5, 9]},
+            }
+        }
+    )
+    assert rollout_sampling(cfg.trainer).stop_token_ids == [5, 9]
+    assert eval_sampling(cfg.trainer)[0].stop_token_ids == [5, 9]
+
+
+def test_generation_kwargs_takes_trls_null_and_refuses_what_the_sampler_cannot_do(
+    tmp_path: Path,
+) -> None:
+    import pytest
+
+    out = str(tmp_path / "out")
+    cfg = parse_config({"trainer": {"output_dir": out, "generation_kwargs": None}})
+    assert cfg.trainer.generation_kwargs.stop_token_ids is None
+    with pytest.raises(ValueError, match="generation_kwargs.top_n_sigma"):
+        parse_config({"trainer": {"output_dir": out, "generation_kwargs": {"top_n_sigma": 1}}})
+    with pytest.raises(ValueError, match="stop_token_ids"):
+        parse_config(
+            {"trainer": {"output_dir": out, "generation_kwargs": {"stop_token_ids": [-1]}}}
+        )

@@ -60,3 +60,26 @@ def test_shutdown_without_replicas_json_writes_none(tmp_path):
     out.mkdir()
     asyncio.run(Run(parse_config({"trainer": {"output_dir": str(out)}})).shutdown())
     assert not (out / "replicas.json").exists()
+
+
+def test_the_audit_log_and_completion_rows_carry_every_completions_version_spans(tmp_path):
+    """A completion an in-flight update split (versions 3 then 4 from token 5) is recorded with
+    both spans, next to its group's oldest version, in trained_prompts.jsonl and the table."""
+    from trainer.orchestrator import Group, StepBatch
+    from trainer.prompts import Prompt
+    from trainer.run_files import RunFiles, completion_rows
+    from trainer.types import ScoredSample
+
+    def sample(i: int, versions: list[tuple[int, int]]) -> ScoredSample:
+        return ScoredSample(
+            "p", i, [1], [2, 3], [-1.0, -1.0], "stop", versions[0][0], 1.0, versions=versions
+        )
+
+    samples = [sample(0, [(3, 0), (4, 5)]), sample(1, [(4, 0)])]
+    group = Group(0, Prompt("p", [1], [], {}), samples, 3, 0.0, 0.0, replica="u")
+    RunFiles(tmp_path).record_trained(5, StepBatch(5, samples, [group], 1))
+    [row] = [json.loads(x) for x in (tmp_path / "trained_prompts.jsonl").read_text().splitlines()]
+    assert row["versions"] == [3]
+    assert row["sample_versions"] == [[[[3, 0], [4, 5]], [[4, 0]]]]
+    rows = completion_rows(5, StepBatch(5, samples, [group], 1))
+    assert [r["versions"] for r in rows] == [[[3, 0], [4, 5]], [[4, 0]]]
