@@ -36,7 +36,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_pipeline import pipeline_env, run_pipeline  # noqa: E402
+from bench.bench_pipeline import _mean, bench_run_config, pipeline_env, run_pipeline  # noqa: E402
 from bench.presets import MODEL_PRESETS, W2_WORKLOAD, add_model_argument  # noqa: E402
 
 MODES = ("drain", "inflight")
@@ -50,32 +50,22 @@ def _pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
-
-
 def w2_config(a: argparse.Namespace, model: Path) -> dict:
     w = W2_WORKLOAD
-    cfg = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
-    cfg["model"]["name_or_path"] = str(model)
-    cfg["data"]["eval_split"] = None
-    cfg["sampler"]["max_model_len"] = w["max_prompt_length"] + w["max_completion_length"]
-    # Two steps of full-length completions in flight must fit without preemption.
-    cfg["sampler"]["kv_cache_memory_bytes"] = w["kv_cache_memory_bytes"]
-    cfg["trainer"].update(
-        per_device_train_batch_size=a.prompts_per_step * a.num_generations,
+    cfg = bench_run_config(
+        model,
+        batch=a.prompts_per_step * a.num_generations,
+        max_model_len=w["max_prompt_length"] + w["max_completion_length"],
+        steps=a.steps,
+        seed=a.seed,
         num_generations=a.num_generations,
         max_prompt_length=w["max_prompt_length"],
         max_completion_length=w["max_completion_length"],
         generation_kwargs={"stop_token_ids": w["stop_token_ids"]},
         learning_rate=a.learning_rate,
-        max_steps=a.steps,
-        save_steps=10_000,
-        eval_steps=None,
-        log_completions=False,
-        seed=a.seed,
     )
-    cfg["mlflow"]["log_model"] = False
+    # Two steps of full-length completions in flight must fit without preemption.
+    cfg["sampler"]["kv_cache_memory_bytes"] = w["kv_cache_memory_bytes"]
     return cfg
 
 

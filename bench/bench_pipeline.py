@@ -72,6 +72,28 @@ def run_pipeline(
     }
 
 
+def bench_run_config(
+    model: Path, *, batch: int, max_model_len: int, steps: int, seed: int, **trainer: object
+) -> dict:
+    """configs/local.yaml as a bench run: `model`, `batch` samples per step, `steps` steps, the
+    given trainer settings (TRL names); no eval, checkpoints, completion logs or MLflow model."""
+    cfg = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
+    cfg["model"]["name_or_path"] = str(model)
+    cfg["data"]["eval_split"] = None
+    cfg["sampler"]["max_model_len"] = max_model_len
+    cfg["trainer"].update(
+        per_device_train_batch_size=batch,
+        max_steps=steps,
+        save_steps=10_000,
+        eval_steps=None,
+        log_completions=False,
+        seed=seed,
+        **trainer,
+    )
+    cfg["mlflow"]["log_model"] = False
+    return cfg
+
+
 def summarise(name: str, metrics: list[dict], batch: int, warmup: int) -> dict:
     steady = metrics[warmup:]
     step_s = _mean([m["timing/step_s"] for m in steady])
@@ -130,22 +152,16 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     model = build_tiny_model(tmp / "model", seed=0, **MODEL_PRESETS[a.model])
     batch = a.prompts_per_step * a.num_generations
-    cfg = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
-    cfg["model"]["name_or_path"] = str(model)
-    cfg["data"]["eval_split"] = None
-    cfg["sampler"]["max_model_len"] = 256 + a.max_completion_length
-    cfg["trainer"].update(
-        per_device_train_batch_size=batch,
+    cfg = bench_run_config(
+        model,
+        batch=batch,
+        max_model_len=256 + a.max_completion_length,
+        steps=a.steps,
+        seed=a.seed,
         num_generations=a.num_generations,
         max_completion_length=a.max_completion_length,
         learning_rate=a.learning_rate,
-        max_steps=a.steps,
-        save_steps=10_000,
-        eval_steps=None,
-        log_completions=False,
-        seed=a.seed,
     )
-    cfg["mlflow"]["log_model"] = False
     cfg_path = tmp / "bench.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
 
