@@ -8,7 +8,7 @@ so a frozen request keeps the old weights' KV for what it had already computed),
 the same greedy tokens and logprobs. A mislabelled boundary, a dropped frozen request or a
 recomputed cache all break that replay. Also: no request is lost or re-run, a stream reports the
 version it finished on, and a new request after an update does not reuse the prefix KV that a
-frozen request still holds from the old weights.
+frozen request still holds from the old weights. On TP 1 and TP 2 (two vLLM workers receive).
 """
 
 from __future__ import annotations
@@ -38,13 +38,17 @@ OTHER = random.Random(8).choices(range(3, 500), k=40)
 WATCH = random.Random(9).choices(range(3, 500), k=30)
 
 
-@pytest.fixture(scope="module")
-def inflight_server(models, tmp_path_factory):  # noqa: F811
+@pytest.fixture(scope="module", params=[1, 2], ids=["tp1", "tp2"])
+def inflight_server(request, models, tmp_path_factory):  # noqa: F811
+    """A replica in inflight mode; also with tensor parallelism 2 (the pause and the relabel are
+    the engine's, the load runs in both workers while it is paused)."""
+    tp = request.param
     sp = start_test_sampler(
         models[0],
         tmp_path_factory,
-        "inflight",
-        "  update_mode: inflight\n  cpu_weight_layout: plain\n",
+        f"inflight-tp{tp}",
+        f"  update_mode: inflight\n  cpu_weight_layout: plain\n  tensor_parallel_size: {tp}\n",
+        timeout_s=600,
     )
     yield sp
     sp.stop()
