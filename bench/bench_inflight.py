@@ -36,7 +36,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_pipeline import _mean, bench_run_config, pipeline_env, run_pipeline  # noqa: E402
+from bench.bench_pipeline import (  # noqa: E402
+    _mean,
+    bench_run_config,
+    pipeline_env,
+    read_jsonl,
+    run_pipeline,
+)
 from bench.presets import MODEL_PRESETS, W2_WORKLOAD, add_model_argument  # noqa: E402
 
 MODES = ("drain", "inflight")
@@ -133,7 +139,7 @@ def throughput(a: argparse.Namespace) -> None:
 
 def _run_rows(out: Path, name: str, warmup: int) -> dict:
     """`summarise` of a finished run's folder (its batch size from its resolved config)."""
-    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_jsonl(out / "metrics.jsonl")
     t = yaml.safe_load((out / "resolved_config.yaml").read_text())["trainer"]
     return summarise(name, metrics, t["per_device_train_batch_size"], warmup, 0.0)
 
@@ -173,11 +179,11 @@ def _by_version(out: Path) -> list[tuple[int, float, float]]:
     """(step, mean version of the step's groups, reward) per trained step (metrics.jsonl counts
     steps from 1, the audit log from 0)."""
     versions = {
-        r["step"] + 1: _mean(r["versions"])
-        for r in map(json.loads, (out / "trained_prompts.jsonl").read_text().splitlines())
+        r["step"] + 1: _mean(r["versions"]) for r in read_jsonl(out / "trained_prompts.jsonl")
     }
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return [(m["step"], versions[m["step"]], m["reward"]) for m in rows]
+    return [
+        (m["step"], versions[m["step"]], m["reward"]) for m in read_jsonl(out / "metrics.jsonl")
+    ]
 
 
 def learning(a: argparse.Namespace) -> None:
@@ -235,7 +241,6 @@ def main() -> None:
     lp.add_argument("--seeds", default="1,2,3")
     for q in (p, lp):
         q.add_argument("--report", type=Path, help="print the tables of an earlier run's folder")
-    for q in (p, lp):
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     add_model_argument(p, default="25m")
     p.add_argument("--steps", type=int, default=10)

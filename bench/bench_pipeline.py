@@ -45,6 +45,11 @@ def pipeline_env() -> dict[str, str]:
     }
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a run's jsonl file (metrics.jsonl, trained_prompts.jsonl)."""
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
 def run_pipeline(
     cfg_path: Path, out: Path, staleness: int, env: dict, sets: list[str] | None = None
 ) -> dict:
@@ -67,7 +72,7 @@ def run_pipeline(
     if proc.returncode:
         raise SystemExit(f"pipeline run (staleness {staleness}) failed:\n{proc.stderr[-4000:]}")
     return {
-        "metrics": [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()],
+        "metrics": read_jsonl(out / "metrics.jsonl"),
         "wall_s": wall,
     }
 
