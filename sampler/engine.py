@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sampler import step_gate
 from sampler.config import SamplerConfig
 
 CPU_DEFAULT_KV_CACHE_BYTES = 256 << 20
@@ -106,7 +107,10 @@ def build_engine(model: str | Path, cfg: SamplerConfig) -> Any:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    args = AsyncEngineArgs(**engine_kwargs(model, cfg, on_gpu=gpu))
+    kw = engine_kwargs(model, cfg, on_gpu=gpu)
+    if step_gate.enabled():  # tests only (see sampler/step_gate.py)
+        kw["logits_processors"] = [step_gate.QUALNAME]
+    args = AsyncEngineArgs(**kw)
     return AsyncLLM.from_engine_args(args)
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
+import time
 
 import httpx
 import pytest
@@ -28,10 +30,14 @@ from test_sampler_server import (  # noqa: F401  (fixtures)
     start_test_sampler,
 )
 
+from sampler.launch import child_env
+from sampler.step_gate import STEP_GATE_ENV, StepGateControl
+
 pytestmark = pytest.mark.slow
 
-LONG = 600  # tokens per long request: well past the three pushes
-PUSH_AFTER = (20, 150, 300)  # stream chunks seen before each push
+LONG = 600  # tokens per long request: more than the pushes' steps
+PUSHES = 3  # A -> B -> A -> B
+STEPS_BETWEEN = 150  # engine steps after each push: boundaries mid-request, across KV blocks
 # Longer than one KV block (vLLM CPU: up to 256 tokens), so prefix caching can share it.
 SHARED = random.Random(7).choices(range(3, 500), k=300)
 OTHER = random.Random(8).choices(range(3, 500), k=40)
@@ -43,14 +49,16 @@ def inflight_server(request, models, tmp_path_factory):  # noqa: F811
     """A replica in inflight mode; also with tensor parallelism 2 (the pause and the relabel are
     the engine's, the load runs in both workers while it is paused)."""
     tp = request.param
+    gate = tmp_path_factory.mktemp(f"gate-tp{tp}")
     sp = start_test_sampler(
         models[0],
         tmp_path_factory,
         f"inflight-tp{tp}",
         f"  update_mode: inflight\n  cpu_weight_layout: plain\n  tensor_parallel_size: {tp}\n",
         timeout_s=600,
+        env=child_env({STEP_GATE_ENV: str(gate)}),
     )
-    yield sp
+    yield sp, StepGateControl(gate)
     sp.stop()
 
 
@@ -87,6 +95,17 @@ async def _stream_chunks(http: httpx.AsyncClient, url: str, prompt: list[int]):
                 yield json.loads(line[6:])
 
 
+async def _until_in_engine(http: httpx.AsyncClient, url: str, n: int) -> None:
+    """Polls the replica's queue-depth gauge until its engine holds `n` unfinished requests."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        text = (await http.get(f"{url}/metrics")).text
+        if float(re.search(r"^sampler_queue_depth (\S+)$", text, re.M).group(1)) >= n:
+            return
+        await asyncio.sleep(0.02)  # polling a condition, with a deadline
+    raise AssertionError(f"the engine never held {n} requests")
+
+
 def test_requests_straddling_updates_report_the_weights_that_made_each_token(
     inflight_server,
     models,  # noqa: F811
@@ -98,39 +117,60 @@ def test_requests_straddling_updates_report_the_weights_that_made_each_token(
     from sampler.client import SamplerClient
     from sampler.weights.sender import make_weight_pusher
 
-    url = inflight_server.url
+    server, gate = inflight_server
+    url = server.url
     states = [_hf_state(models[0]), _hf_state(models[1])]
     headers = {"Authorization": f"Bearer {API_KEY}"}
 
     async def run():
+        # Pushes are placed between known engine steps (sampler/step_gate.py), not by timing:
+        # the engine takes a step only when the test lets it. The long requests have a token
+        # before the first push; a push freezes them; after each push the engine takes a step
+        # (the running long requests each get a token) before the next push.
         c = SamplerClient([url], api_key=API_KEY, admin_key=ADMIN_KEY)
         pusher = make_weight_pusher("gloo", c, bucket_bytes=1 << 20, timeout_s=60)
         v = (await c.versions())[url] + 1
         await pusher.push(iter(states[0].items()), version=v)  # A, under a known label
         which = {v: 0}
-        async with httpx.AsyncClient(timeout=600, headers=headers) as http:
-            body = {"prompts": [SHARED, OTHER], "n": 1, "max_tokens": LONG, "temperature": 0}
-            grouped = asyncio.ensure_future(
-                http.post(f"{url}/generate", json={**body, "ignore_eos": True})
-            )
-            chunks, last, fresh = 0, None, None
-            async for chunk in _stream_chunks(http, url, WATCH):
-                chunks += 1
-                last = chunk
-                if chunks in PUSH_AFTER:
-                    k = PUSH_AFTER.index(chunks) + 1
-                    await pusher.push(iter(states[k % 2].items()), version=v + k)
+        gate.close()
+        try:
+            async with httpx.AsyncClient(timeout=600, headers=headers) as http:
+                body = {"prompts": [SHARED, OTHER], "n": 1, "max_tokens": LONG, "temperature": 0}
+                grouped = asyncio.ensure_future(
+                    http.post(f"{url}/generate", json={**body, "ignore_eos": True})
+                )
+                await _until_in_engine(http, url, 2)  # admitted before the stream
+                chunks, started = [], asyncio.Event()
+
+                async def watch():
+                    async for chunk in _stream_chunks(http, url, WATCH):
+                        chunks.append(chunk)
+                        started.set()
+
+                stream = asyncio.ensure_future(watch())
+                await gate.drive(started.wait())  # WATCH has a token, the earlier ones too
+                fresh = None
+                for k in range(1, PUSHES + 1):
+                    await gate.drive(pusher.push(iter(states[k % 2].items()), version=v + k))
                     which[v + k] = k % 2
-                if chunks == PUSH_AFTER[0]:  # SHARED is frozen mid-way, holding A's prefix KV
-                    r = await http.post(
-                        f"{url}/generate",
-                        json={"prompts": [SHARED], "n": 1, "max_tokens": 8, "temperature": 0},
-                    )
-                    fresh = r.json()["groups"][0]
-            reply = await grouped
-            metrics = (await http.get(f"{url}/metrics")).text
+                    for _ in range(STEPS_BETWEEN):  # each a token of each long request
+                        await gate.step()
+                    if k == 1:  # SHARED is frozen mid-way, holding A's prefix KV
+                        r = await gate.drive(
+                            http.post(
+                                f"{url}/generate",
+                                json={"prompts": [SHARED], "max_tokens": 8, "temperature": 0},
+                            )
+                        )
+                        fresh = r.json()["groups"][0]
+                gate.open()
+                reply = await grouped
+                await stream
+                metrics = (await http.get(f"{url}/metrics")).text
+        finally:
+            gate.open()
         await c.aclose()
-        return which, reply, last, fresh, metrics
+        return which, reply, chunks[-1], fresh, metrics
 
     which, reply, last, fresh, metrics = asyncio.run(run())
     assert reply.status_code == 200, reply.text
