@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -44,7 +45,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, SamplerConfi
     p.add_argument("--model", required=True, help="Hugging Face model folder")
     p.add_argument("--config", help="run YAML with a 'sampler:' section (command-line flags win)")
     p.add_argument("--host", help="bind address (default 127.0.0.1; others need --api-key)")
-    p.add_argument("--port", type=int, help="port (default 8000; 0 is not allowed here)")
+    p.add_argument("--port", type=int, help="port (default 8000; 0: a free one, needs --port-file)")
+    p.add_argument(
+        "--port-file",
+        help="write the port once it is bound (before the engine loads); with --port 0, the way a "
+        "launcher learns which free port the server holds",
+    )
     p.add_argument("--api-key", help="bearer token for generation routes (or SAMPLER_API_KEY)")
     p.add_argument("--admin-key", help="bearer token for weight updates (or SAMPLER_ADMIN_KEY)")
     p.add_argument(
@@ -90,13 +96,45 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, SamplerConfi
         )
     if a.port is None and cfg.port == 0:
         cfg = cfg.model_copy(update={"port": 8000})
-    if cfg.port == 0:
-        p.error("--port 0 is not supported: pick a port (clients need to know it)")
+    if cfg.port == 0 and not a.port_file:
+        p.error("--port 0 needs --port-file (clients need to know the port): or pick a port")
     return a, cfg
+
+
+BACKLOG = 2048  # uvicorn's default
+
+
+def bind_port(host: str, port: int, port_file: str | None) -> socket.socket:
+    """The server's socket, bound now: the port is held while the engine loads (for minutes,
+    during which vLLM itself opens free ports that could otherwise take it), and a port in use
+    is an error before anything slow starts. uvicorn serves on it once the engine is ready."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart on the same port
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        print(
+            f"python -m sampler: error: cannot bind {host}:{port} ({e.strerror}): is another "
+            "server on that port? Pick another --port (or 0 with --port-file)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+    # Listening makes the hold exclusive: Linux lets two SO_REUSEADDR sockets share a port
+    # while neither listens. Connections made before the engine is ready wait in the backlog.
+    sock.listen(BACKLOG)
+    if port_file:
+        tmp = Path(f"{port_file}.tmp")
+        tmp.write_text(str(sock.getsockname()[1]))
+        tmp.replace(port_file)  # atomically: a launcher never reads half a number
+    return sock
 
 
 def main(argv: list[str] | None = None) -> int:
     a, cfg = parse_args(argv)
+    sock = bind_port(cfg.host, cfg.port, a.port_file)
+    cfg = cfg.model_copy(update={"port": sock.getsockname()[1]})
     logging.basicConfig(
         level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -132,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         trainer_key=cfg.trainer_key,
         max_body_bytes=cfg.limits.max_body_bytes,
     )
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=a.log_level, access_log=False)
-    return 0
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level=a.log_level, access_log=False, backlog=BACKLOG)
+    )
+    server.run(sockets=[sock])
+    return 0 if server.started else 3  # as uvicorn.run: the app's start-up failed
 
 
 if __name__ == "__main__":

@@ -14,22 +14,55 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from sampler.engine import CPU_THREAD_ENV, CPU_VLLM_ENV
 from sampler.lifecycle import die_with_launcher
-from sampler.netaddr import free_port
 
 
-@dataclass
 class SamplerProcess:
-    url: str
-    proc: subprocess.Popen
-    log_path: Path
+    """A started `python -m sampler` process; its URL is known once it has bound its port (a
+    launcher that let it pick a free one reads the port from `port_file`)."""
+
+    def __init__(
+        self,
+        url: str,
+        proc: subprocess.Popen,
+        log_path: Path,
+        port_file: Path | None = None,
+        timeout_s: float = 300,
+    ) -> None:
+        self._url = url
+        self.proc = proc
+        self.log_path = log_path
+        self.port_file = port_file
+        self.timeout_s = timeout_s
+
+    @property
+    def url(self) -> str:
+        if self.port_file is not None:
+            self._url = f"{self._url}:{self._wait_port()}"
+            self.port_file = None
+        return self._url
+
+    def _wait_port(self) -> int:
+        """The port the server bound (it writes it first thing, before the engine loads)."""
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                return int(self.port_file.read_text())
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"sampler exited with {self.proc.returncode} while starting (log "
+                    f"{self.log_path}):\n{self.log_tail()}"
+                )
+            time.sleep(0.05)  # polling interval of a deadline loop
+        self.kill()
+        raise TimeoutError(f"sampler bound no port in {self.timeout_s}s (log {self.log_path})")
 
     def log_tail(self, n: int = 4000) -> str:
         try:
@@ -111,7 +144,6 @@ def start_sampler(
         raise ValueError(
             f"start_sampler(host={host!r}) needs advertise=: the address others reach it at"
         )
-    port = port or free_port(host)
     child = dict(env) if env is not None else child_env()
     if api_key:
         child["SAMPLER_API_KEY"] = api_key
@@ -128,15 +160,25 @@ def start_sampler(
         "--host",
         host,
         "--port",
-        str(port),
+        str(port or 0),
         *(extra_args or []),
     ]
     if log_path is None:
         if log_dir is None:
             raise ValueError("start_sampler needs log_path or log_dir")
-        log_path = Path(log_dir) / f"sampler-{port}.log"
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"sampler-{port or 'free'}-", suffix=".log", dir=log_dir)
+        os.close(fd)
+        log_path = name
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    # No port given: the server binds a free one itself and names it here. A port picked now
+    # and bound later by the server could be taken meanwhile (vLLM opens free ports of its own
+    # while the engine loads).
+    port_file = None if port else log_path.with_suffix(".port")
+    if port_file is not None:
+        port_file.unlink(missing_ok=True)  # a restart's: never the previous server's port
+        args += ["--port-file", str(port_file)]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             args,
@@ -146,6 +188,6 @@ def start_sampler(
             start_new_session=True,
             preexec_fn=die_with_launcher if die_with_parent else None,
         )
-    url = f"http://{published}:{port}"
-    sp = SamplerProcess(url=url, proc=proc, log_path=log_path)
+    url = f"http://{published}:{port}" if port else f"http://{published}"
+    sp = SamplerProcess(url, proc, log_path, port_file, timeout_s)
     return sp.wait_healthy(timeout_s) if wait else sp

@@ -184,6 +184,28 @@ def test_cli_refuses_public_host_without_api_key(tmp_path, capsys):
     assert cfg.api_key == "k" and cfg.port == 8001
 
 
+def test_cli_port_zero_needs_a_port_file_and_binds_before_anything_else(tmp_path, capsys):
+    import socket
+
+    from sampler.__main__ import bind_port, parse_args
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--model", str(tmp_path), "--port", "0"])
+    assert e.value.code == 2 and "--port-file" in capsys.readouterr().err
+    port_file = tmp_path / "port"
+    a, cfg = parse_args(["--model", str(tmp_path), "--port", "0", "--port-file", str(port_file)])
+    with bind_port(cfg.host, cfg.port, a.port_file) as sock:
+        port = sock.getsockname()[1]
+        assert port > 0 and int(port_file.read_text()) == port
+        with pytest.raises(SystemExit) as e:
+            bind_port("127.0.0.1", port, None)  # the port is held: a second server is refused
+        assert e.value.code == 2
+        assert f"cannot bind 127.0.0.1:{port}" in capsys.readouterr().err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # closed: free again
+
+
 def test_cli_reports_bad_model_and_config(tmp_path, capsys):
     from sampler.__main__ import parse_args
 
