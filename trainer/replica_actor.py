@@ -34,10 +34,12 @@ class SamplerReplica:
         log_dir: str,
         env: dict[str, str] | None = None,
         trainer_key: str | None = None,
+        port: int | None = None,
     ):
         self.index, self.model_path, self.args = index, model_path, sampler_args
         self.host, self.api_key, self.admin_key = host, api_key, admin_key
         self.trainer_key = trainer_key
+        self.port = port  # None: the server binds a free port and reports it
         self.log_dir = Path(log_dir)
         self.env = env or {}
         self.proc: SamplerProcess | None = None
@@ -64,6 +66,7 @@ class SamplerReplica:
             self.model_path,
             log_path=self.log_dir / f"sampler-{self.index}.log",
             host=self.host,
+            port=self.port,
             advertise=advertise,
             api_key=self.api_key,
             admin_key=self.admin_key,

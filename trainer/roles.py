@@ -31,6 +31,11 @@ T = TypeVar("T")
 _STARTS_GONE_S = 60  # how long release() waits for start-ups whose actors it killed
 
 
+def replica_port(first: int, index: int) -> int | None:
+    """`sampler.port`: replica i serves on `port + i`; 0 lets each replica bind a free port."""
+    return first + index if first else None
+
+
 def _sampler_args(config_file: Path, dtype: str, seed: int) -> list[str]:
     """The sampler reads its section of the resolved run config; the dtype and the engine seed are
     decided here (each replica gets its own seed, so replicas never share a sampling stream)."""
@@ -162,6 +167,7 @@ class Roles:
                 str(self.out / "logs"),
                 env,
                 self.trainer_key,
+                replica_port(s.port, i),
             )
             for i in range(s.replicas)
         ])  # fmt: skip

@@ -551,3 +551,36 @@ def test_medmcqa_seed_setup_runs_on_the_tiny_model(tmp_path, medmcqa_dir):
         [e.experiment_id for e in client.search_experiments() if e.name == "grpo-service"]
     )
     assert client.get_metric_history(run.info.run_id, "eval_rewards/accuracy/mean")
+
+
+def _free_pair() -> int:
+    """A port p with p and p + 1 free now (the test's own choice; replicas bind at once)."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            p = a.getsockname()[1]
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", p + 1))
+                except OSError:
+                    continue
+        return p
+    raise AssertionError("no two consecutive free ports")
+
+
+def test_sampler_port_puts_replica_i_on_port_plus_i(tmp_path):
+    """`sampler.port` is honoured (it used to be dropped: every replica got a free port)."""
+    out = tmp_path / "run"
+    port = _free_pair()
+    _run(
+        out,
+        f"sampler.port={port}",
+        "sampler.replicas=2",
+        "trainer.max_steps=1",
+        "trainer.eval_steps=null",
+        "trainer.save_steps=100",
+    )
+    urls = [r["url"] for r in json.loads((out / "replicas.json").read_text())]
+    assert urls == [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"]
