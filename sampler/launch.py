@@ -55,14 +55,18 @@ class SamplerProcess:
         while time.monotonic() < deadline:
             with contextlib.suppress(FileNotFoundError, ValueError):
                 return int(self.port_file.read_text())
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"sampler exited with {self.proc.returncode} while starting (log "
-                    f"{self.log_path}):\n{self.log_tail()}"
-                )
+            self._raise_if_exited()
             time.sleep(0.05)  # polling interval of a deadline loop
         self.kill()
         raise TimeoutError(f"sampler bound no port in {self.timeout_s}s (log {self.log_path})")
+
+    def _raise_if_exited(self) -> None:
+        """While starting: a server that exited is an error carrying its log."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(
+                f"sampler exited with {self.proc.returncode} while starting (log "
+                f"{self.log_path}):\n{self.log_tail()}"
+            )
 
     def log_tail(self, n: int = 4000) -> str:
         try:
@@ -89,11 +93,7 @@ class SamplerProcess:
         """Poll /health until ok; raise with the replica's log if it exits or times out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"sampler exited with {self.proc.returncode} while starting (log "
-                    f"{self.log_path}):\n{self.log_tail()}"
-                )
+            self._raise_if_exited()
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return self

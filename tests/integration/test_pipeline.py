@@ -557,15 +557,15 @@ def _free_pair() -> int:
     """A port p with p and p + 1 free now (the test's own choice; replicas bind at once)."""
     import socket
 
+    from sampler.netaddr import free_port
+
     for _ in range(100):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            p = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", p + 1))
-                except OSError:
-                    continue
+        p = free_port()
+        with socket.socket() as b:
+            try:
+                b.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
         return p
     raise AssertionError("no two consecutive free ports")
 
